@@ -1,0 +1,210 @@
+"""The experiment spec: the top-level TOML schema and ``load_spec`` that reports every problem.
+
+    name, seed, [data], [codec], [model], [schedule], [sampler], [train], [log]
+
+Polymorphic tables name their plugin with ``kind``; the rest of each table is that kind's config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tomllib
+
+from madkit.interfaces import SpecProblem
+from madkit.registry import Registry
+from madkit.spec import Problems, SpecError, StructureProblem, iter_configs, make_converter, slot, structure
+from madkit.spec_loading import Provenance, SpecLoadError, load_raw
+
+DEFAULTS: dict[str, Any] = {
+    "codec": {"kind": "identity"},
+    "schedule": {"kind": "ddpm-linear"},
+    "sampler": {"kind": "dpm-solver++"},
+}
+
+
+def _positive(_inst, attribute, value):
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+
+
+def _non_negative(_inst, attribute, value):
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+
+
+def _unit_interval(_inst, attribute, value):
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be within [0, 1], got {value}")
+
+
+@attrs.frozen
+class TrainConfig:
+    """Optimisation, precision, checkpointing. ``batch`` is global, split into ``micro_batch`` chunks."""
+
+    steps: int = attrs.field(default=1000, validator=_positive)  # optimizer steps in total
+    batch: int = attrs.field(default=64, validator=_positive)  # global batch (all ranks, all micro-batches)
+    micro_batch: int = attrs.field(default=0, validator=_non_negative)  # per rank and pass; 0 = batch / ranks
+    lr: float = attrs.field(default=3e-4, validator=_positive)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = attrs.field(default=0.05, validator=_non_negative)
+    lr_schedule: str = attrs.field(default="wsd", validator=attrs.validators.in_(("wsd", "cosine", "constant")))
+    warmup: float = attrs.field(default=0.01, validator=_unit_interval)  # fraction of steps
+    decay_start: float = attrs.field(default=0.85, validator=_unit_interval)  # wsd: fraction where decay starts
+    grad_clip: float = attrs.field(default=1.0, validator=_non_negative)  # 0 disables
+    ema_decay: float = attrs.field(default=0.9999, validator=_unit_interval)
+    ema_warmup: int = attrs.field(default=0, validator=_non_negative)  # steps of decay ramp (1+s)/(10+s)
+    precision: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "fp32", "bf16", "fp16")))
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False
+    activation_checkpointing: bool = False
+    deterministic: bool = False
+    ckpt_every: int = attrs.field(default=1000, validator=_positive)
+    keep_ckpts: int = attrs.field(default=3, validator=_positive)
+    resume: str = "auto"  # auto | never | a checkpoint folder
+    log_every: int = attrs.field(default=10, validator=_positive)
+    sample_every: int = attrs.field(default=0, validator=_non_negative)  # 0 = only at the end
+    sample_num: int = attrs.field(default=16, validator=_positive)
+    sample_steps: int = attrs.field(default=0, validator=_non_negative)  # 0 = the sampler's steps
+    num_workers: int = attrs.field(default=0, validator=_non_negative)
+
+
+@attrs.frozen
+class LogConfig:
+    sinks: list[str] = attrs.Factory(lambda: ["tensorboard"])
+    progress: bool = True
+
+
+@attrs.frozen
+class ExperimentSpec:
+    data: slot("data")  # type: ignore[valid-type]
+    model: slot("model")  # type: ignore[valid-type]
+    codec: slot("codec")  # type: ignore[valid-type]
+    schedule: slot("schedule")  # type: ignore[valid-type]
+    sampler: slot("sampler")  # type: ignore[valid-type]
+    name: str = "experiment"
+    seed: int = 0
+    train: TrainConfig = attrs.Factory(TrainConfig)
+    log: LogConfig = attrs.Factory(LogConfig)
+
+    def check(self, context: dict[str, Any]):
+        t = self.train
+        if t.micro_batch and t.batch % t.micro_batch:
+            yield SpecProblem(
+                "train.micro_batch", f"global batch {t.batch} is not a multiple of micro_batch {t.micro_batch}"
+            )
+        if t.resume not in ("auto", "never") and not Path(t.resume).exists():
+            yield SpecProblem("train.resume", f"checkpoint {t.resume!r} does not exist; use 'auto' or 'never'")
+
+
+@attrs.frozen
+class LoadedSpec:
+    spec: ExperimentSpec
+    raw: dict[str, Any]
+    source: str
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.raw)
+
+
+def spec_context(spec: ExperimentSpec, registry: Registry) -> dict[str, Any]:
+    """Derived facts that cross-field checks need (shapes), computed from configs, not data."""
+    context: dict[str, Any] = {"registry": registry, "spec": spec}
+    image_shape = getattr(spec.data, "image_shape", None)
+    if callable(image_shape):
+        context["image_shape"] = image_shape()
+        latent_shape = getattr(spec.codec, "latent_shape", None)
+        if callable(latent_shape):
+            context["latent_shape"] = latent_shape(context["image_shape"])
+    num_classes = getattr(spec.data, "num_classes", None)
+    context["num_classes"] = num_classes() if callable(num_classes) else 0
+    return context
+
+
+def load_spec(path: str | Path, sets: list[str] | None = None, registry: Registry | None = None) -> LoadedSpec:
+    """Read, merge, structure and check a spec; raise ``SpecError`` with every problem found."""
+    registry = registry or Registry.load()
+    try:
+        raw, provenance = load_raw(path, sets, DEFAULTS)
+    except SpecLoadError as exc:
+        raise SpecError([str(exc)]) from None
+    conv = make_converter(registry)
+    try:
+        spec = structure(conv, raw, ExperimentSpec)
+    except Problems as exc:
+        raise SpecError(_render(exc.problems, provenance)) from None
+    problems: list[StructureProblem] = []
+    context = spec_context(spec, registry)
+    for cpath, config in iter_configs(spec):
+        check = getattr(config, "check", None)
+        if callable(check):
+            try:
+                for p in check(context):
+                    problems.append(StructureProblem(_dotted(cpath, p.path), p.message))
+            except SpecProblem as p:
+                problems.append(StructureProblem(_dotted(cpath, p.path), p.message))
+    if problems:
+        raise SpecError(_render(problems, provenance))
+    # the resolved spec, with every default spelled out, as plain data
+    resolved = conv.unstructure(spec)
+    return LoadedSpec(spec, resolved, str(path))
+
+
+def structure_spec(raw: dict[str, Any], registry: Registry) -> ExperimentSpec:
+    """A resolved spec dict (e.g. from a checkpoint) back to configs."""
+    try:
+        return structure(make_converter(registry), raw, ExperimentSpec)
+    except Problems as exc:
+        raise SpecError([f"(stored spec): {p.path}: {p.message}" for p in exc.problems]) from None
+
+
+def _dotted(prefix: str, path: str) -> str:
+    return f"{prefix}.{path}" if prefix and path else prefix or path
+
+
+def _render(problems: list[StructureProblem], provenance: Provenance) -> list[str]:
+    lines = []
+    for p in problems:
+        source = provenance.source_of(tuple(p.path.split("[")[0].split(".")))
+        lines.append(f"{source}: {p.path}: {p.message}")
+    return lines
+
+
+# --------------------------------------------------------------------------- TOML writing
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer for resolved specs (tables, arrays of scalars, scalars)."""
+    lines: list[str] = []
+    _write_table(lines, data, ())
+    text = "\n".join(lines).lstrip("\n") + "\n"
+    tomllib.loads(text)  # what we write must read back
+    return text
+
+
+def _write_table(lines: list[str], table: dict[str, Any], prefix: tuple[str, ...]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict) and v is not None}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    if prefix and (scalars or not tables):
+        lines.append("")
+        lines.append(f"[{'.'.join(_key(k) for k in prefix)}]")
+    for key, value in scalars.items():
+        lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in tables.items():
+        _write_table(lines, value, (*prefix, key))
+
+
+def _key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _value(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

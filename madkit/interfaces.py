@@ -1,0 +1,285 @@
+"""The component interfaces plugins implement.
+
+Einops-style notation used in shapes below:
+    n batch, c channels, h w grid height/width, t blocks, b cells (tokens) per block, d width.
+
+A plugin registers, per interface, a frozen attrs *config* class whose ``build(**runtime)`` returns
+the component. What ``runtime`` holds is documented per interface below ("built with").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from functools import cached_property
+from typing import Any, Iterable, Protocol
+
+import torch
+from torch import nn
+
+INTERFACES = (
+    "partitioner",  # token grid -> ordered blocks
+    "layer",  # one transformer layer for a role (ar / diffusion)
+    "embedder",  # latent cells <-> tokens
+    "model",  # a generative model assembled from the parts above
+    "schedule",  # training side of diffusion: timesteps, noising, targets, loss
+    "sampler",  # inference side of diffusion: step counts and update rules
+    "data",  # image data sources
+    "codec",  # image <-> latent (identity, VAE)
+    "metric",  # sample-quality metrics (FID, KID, ...)
+    "extractor",  # feature extractors metrics run on
+    "sink",  # metric sinks (TensorBoard, ...)
+)
+
+
+class SpecProblem(Exception):
+    """A semantic problem found while checking a spec; ``path`` is relative to the checked table."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path, self.message = path, message
+
+
+class Checkable(Protocol):
+    """Config classes may implement ``check(context)`` to report cross-field problems.
+
+    It returns an iterable of ``SpecProblem`` (paths relative to the config's own table). The
+    ``context`` is a dict of derived facts: ``image_shape``, ``latent_shape``, ``registry``.
+    """
+
+    def check(self, context: dict[str, Any]) -> Iterable[SpecProblem]: ...
+
+
+# --------------------------------------------------------------------------- partitioner
+class Partitioner(ABC):
+    """Orders the cells of an h x w token grid into t blocks of b cells.
+
+    Built with ``grid=(h, w)``. Subclasses define ``_order()``; everything else derives from it.
+    ``partition`` and ``merge`` are exact inverses.
+    """
+
+    def __init__(self, grid: tuple[int, int]):
+        self.grid = (int(grid[0]), int(grid[1]))
+
+    @abstractmethod
+    def _order(self) -> torch.Tensor:
+        """Long tensor [t, b]: flat raster cell index (row * w + col) of each block's cells."""
+
+    @property
+    @abstractmethod
+    def block_shape(self) -> tuple[int, int] | None:
+        """(rows, cols) when every block is a rectangle laid out raster inside, else None."""
+
+    @property
+    def rectangular(self) -> bool:
+        return self.block_shape is not None
+
+    @cached_property
+    def order(self) -> torch.Tensor:
+        return self._order()
+
+    @property
+    def num_blocks(self) -> int:
+        return self.order.shape[0]
+
+    @property
+    def block_size(self) -> int:
+        return self.order.shape[1]
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        """Long tensor [t, b, 2]: (row, col) of every cell on the original grid."""
+        w = self.grid[1]
+        return torch.stack((self.order // w, self.order % w), dim=-1)
+
+    @cached_property
+    def _inverse(self) -> torch.Tensor:
+        flat = self.order.flatten()
+        inv = torch.empty_like(flat)
+        inv[flat] = torch.arange(flat.numel())
+        return inv
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., c, h, w] -> [..., t, b, c]."""
+        h, w = self.grid
+        if tuple(x.shape[-2:]) != (h, w):
+            raise ValueError(f"partitioner built for a {h}x{w} grid got a tensor of shape {tuple(x.shape)}")
+        flat = x.flatten(-2)[..., self.order.to(x.device).flatten()]  # [..., c, t*b]
+        return flat.unflatten(-1, tuple(self.order.shape)).movedim(-3, -1)
+
+    def merge(self, blocks: torch.Tensor) -> torch.Tensor:
+        """[..., t, b, c] -> [..., c, h, w]; the exact inverse of ``partition``."""
+        t, b = self.order.shape
+        if tuple(blocks.shape[-3:-1]) != (t, b):
+            raise ValueError(f"expected [..., {t}, {b}, c] blocks, got shape {tuple(blocks.shape)}")
+        flat = blocks.movedim(-1, -3).flatten(-2)[..., self._inverse.to(blocks.device)]
+        return flat.unflatten(-1, self.grid)
+
+
+# --------------------------------------------------------------------------- diffusion
+class NoiseSchedule(ABC):
+    """Training side of diffusion. Built with no runtime arguments.
+
+    Timesteps are floats in the model's time convention (``model_time``) so one model input works
+    for discrete DDPM steps and continuous flow time alike.
+    """
+
+    prediction: str  # "epsilon" | "v" | "x0" | "velocity"
+
+    @abstractmethod
+    def sample_timesteps(self, shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
+        """Training timesteps of the given shape (e.g. [n, t]: one per block)."""
+
+    @abstractmethod
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t for clean x0 and noise; t broadcasts from the left over x0's trailing dims."""
+
+    @abstractmethod
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The regression target of the model output (epsilon, v, x0 or velocity)."""
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The scalar fed to the model's timestep embedding (float)."""
+        return t.float()
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample loss weights, or None for uniform."""
+        return None
+
+    @abstractmethod
+    def diffusers_config(self) -> dict[str, Any]:
+        """Scheduler config keys (betas, prediction type, ...) samplers must share with training."""
+
+
+class SamplerRun(Protocol):
+    """One denoising loop for one batch (diffusers schedulers keep per-loop state)."""
+
+    timesteps: list[torch.Tensor]  # in the schedule's timestep convention, first to last
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def scale_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+    def step(
+        self, model_output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, generators: list[torch.Generator] | None
+    ) -> torch.Tensor: ...
+
+
+class Sampler(ABC):
+    """Inference side of diffusion. Built with ``schedule=NoiseSchedule``.
+
+    ``steps`` and ``guidance`` come from the spec and may be overridden per call.
+    """
+
+    steps: int
+    guidance: float
+
+    @abstractmethod
+    def start(self, steps: int | None = None, device: torch.device | str = "cpu") -> SamplerRun:
+        """A fresh denoising loop (new diffusers scheduler state)."""
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+
+# --------------------------------------------------------------------------- data and codecs
+class DataSource(ABC):
+    """Images for training and reference statistics. Built with no runtime arguments.
+
+    ``dataset()`` returns a torch map-style or iterable dataset of ``(image, label)`` where image is
+    float [3, h, w] in [-1, 1] and label an int (0 when unconditional).
+    """
+
+    image_shape: tuple[int, int, int]
+    num_classes: int  # 0 when the data has no labels
+
+    @abstractmethod
+    def dataset(self) -> torch.utils.data.Dataset: ...
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+class Codec(ABC):
+    """Image <-> latent. Built with no runtime arguments; moved with ``to(device)``."""
+
+    @abstractmethod
+    def latent_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]: ...
+
+    @abstractmethod
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """[n, 3, H, W] in [-1, 1] -> [n, c, h, w] latents, scaled for diffusion."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """[n, c, h, w] -> [n, 3, H, W] in [-1, 1]."""
+
+    def to(self, device) -> Codec:
+        return self
+
+    @property
+    def cache_key(self) -> str:
+        """Identifies this codec's latents for on-disk caching."""
+        return type(self).__name__
+
+
+# --------------------------------------------------------------------------- model
+class GenerativeModel(nn.Module):
+    """What the engine trains and samples from. Built with ``latent_shape=(c, h, w)`` and
+    ``num_classes``. Implementations live in plugins (e.g. ``madformer``)."""
+
+    def loss(
+        self,
+        latents: torch.Tensor,
+        labels: torch.Tensor | None,
+        schedule: NoiseSchedule,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Training losses for a batch of clean latents; key ``loss`` is what is optimised."""
+        raise NotImplementedError
+
+    def generate(
+        self,
+        sampler: Sampler,
+        generators: list[torch.Generator],
+        labels: torch.Tensor | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Latents [n, c, h, w] for n = len(generators); image i's randomness comes from generators[i]."""
+        raise NotImplementedError
+
+    def compute_cost(self, steps: int) -> dict[str, Any]:
+        """Parameters, training FLOPs per image and sampling cost for ``steps`` denoising steps."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- metrics and sinks
+class FeatureExtractor(ABC):
+    """Maps uint8 images [n, 3, H, W] to feature vectors [n, f]. Built with no runtime arguments."""
+
+    name: str
+
+    @abstractmethod
+    def features(self, images_uint8: torch.Tensor) -> torch.Tensor: ...
+
+
+class Metric(ABC):
+    """A sample-quality metric. Built with ``extractor=FeatureExtractor``."""
+
+    @abstractmethod
+    def compute(self, generated: torch.Tensor, reference: Any) -> dict[str, float]: ...
+
+
+class Sink(ABC):
+    """Receives scalar metrics and images during training. Built with ``run_dir``."""
+
+    @abstractmethod
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
+
+    def log_image(self, step: int, tag: str, image_uint8_hwc) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Built-in partitioners: ``raster`` (runs of cells in raster order) and ``tiles`` (rectangles)."""
