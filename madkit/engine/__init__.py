@@ -1,0 +1,1 @@
+"""Generic loops (train, generate, evaluate) and their support (checkpoints, EMA, distribution, logging)."""
