@@ -1,0 +1,2 @@
+"""Built-in layer types: the dual-stream decoder layer (kinds ar, diffusion, local-diffusion) and the
+attention-free adaLN MLP denoising layer (kind mlp), plus the masks and 2D RoPE they use."""

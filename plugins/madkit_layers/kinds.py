@@ -1,0 +1,62 @@
+"""Layer kinds: configs that build one layer for the model. Each kind declares its role and pattern.
+
+- ``ar``: runs once per block at generation; skip-causal attention.
+- ``diffusion``: runs at every denoising step; skip-causal attention.
+- ``local-diffusion``: a diffusion layer that attends only inside its own block.
+- ``mlp``: attention-free adaLN MLP denoising layer (a per-token diffusion head).
+The model passes its dims (width, heads, mlp_hidden, shared_towers); a kind may override mlp_hidden.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from madkit_layers.decoder_layer import DecoderLayer
+from madkit_layers.mlp_layer import MlpDenoisingLayer
+
+
+def _non_negative(_inst, attribute, value):
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+
+
+@attrs.frozen
+class _DecoderKind:
+    mlp_hidden: int = attrs.field(default=0, validator=_non_negative)  # 0 = the model's mlp_hidden
+    role = "ar"
+    pattern = "skip-causal"
+
+    def build(self, width: int, heads: int, mlp_hidden: int, shared_towers: bool, single_stream: bool = False):
+        pattern = self.pattern
+        if single_stream:
+            # no clean tower: AR layers are block-causal over the one stream, diffusion layers local
+            pattern = "causal" if self.role == "ar" else "intra-block"
+        return DecoderLayer(width, heads, self.mlp_hidden or mlp_hidden, self.role, pattern, shared_towers)
+
+
+@attrs.frozen
+class ArLayerConfig(_DecoderKind):
+    role = "ar"
+    pattern = "skip-causal"
+
+
+@attrs.frozen
+class DiffusionLayerConfig(_DecoderKind):
+    role = "diffusion"
+    pattern = "skip-causal"
+
+
+@attrs.frozen
+class LocalDiffusionLayerConfig(_DecoderKind):
+    role = "diffusion"
+    pattern = "intra-block"
+
+
+@attrs.frozen
+class MlpLayerConfig:
+    mlp_hidden: int = attrs.field(default=0, validator=_non_negative)
+    role = "diffusion"
+    pattern = "none"
+
+    def build(self, width: int, heads: int, mlp_hidden: int, shared_towers: bool, single_stream: bool = False):
+        return MlpDenoisingLayer(width, self.mlp_hidden or mlp_hidden)

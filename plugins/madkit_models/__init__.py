@@ -1,0 +1,1 @@
+"""Built-in models: the MADFormer assembly and its embedders (patch, unet)."""
