@@ -132,24 +132,51 @@ def load_spec(path: str | Path, sets: list[str] | None = None, registry: Registr
         raise SpecError([str(exc)]) from None
     conv = make_converter(registry)
     try:
-        spec = structure(conv, raw, ExperimentSpec)
+        spec, problems = structure(conv, raw, ExperimentSpec), []
     except Problems as exc:
-        raise SpecError(_render(exc.problems, provenance)) from None
-    problems: list[StructureProblem] = []
-    context = spec_context(spec, registry)
-    for cpath, config in iter_configs(spec):
-        check = getattr(config, "check", None)
-        if callable(check):
-            try:
-                for p in check(context):
-                    problems.append(StructureProblem(_dotted(cpath, p.path), p.message))
-            except SpecProblem as p:
-                problems.append(StructureProblem(_dotted(cpath, p.path), p.message))
+        # Keep going: the cross-field checks of the parts that did structure belong in the same report.
+        spec, problems = _structure_parts(conv, raw), list(exc.problems)
+    problems += _run_checks(spec, registry, partial=bool(problems))
     if problems:
         raise SpecError(_render(problems, provenance))
     # the resolved spec, with every default spelled out, as plain data
     resolved = conv.unstructure(spec)
     return LoadedSpec(spec, resolved, str(path))
+
+
+def _structure_parts(conv, raw: dict[str, Any]) -> ExperimentSpec:
+    """The spec with each top-level part that structures on its own, and None for the broken ones."""
+    parts: dict[str, Any] = {}
+    for field in attrs.fields(attrs.resolve_types(ExperimentSpec)):
+        if field.name in raw:
+            try:
+                parts[field.name] = structure(conv, raw[field.name], field.type, field.name)
+            except Problems:
+                parts[field.name] = None  # already reported by the full structuring pass
+        elif field.default is attrs.NOTHING:
+            parts[field.name] = None
+    return ExperimentSpec(**parts)
+
+
+def _run_checks(spec: ExperimentSpec, registry: Registry, partial: bool) -> list[StructureProblem]:
+    """Every config's ``check(context)``; with ``partial``, checks that trip over a broken part are skipped."""
+    context = spec_context(spec, registry)
+    problems: list[StructureProblem] = []
+    for cpath, config in iter_configs(spec):
+        check = getattr(config, "check", None)
+        if not callable(check):
+            continue
+        try:
+            for p in check(context):
+                problems.append(StructureProblem(_dotted(cpath, p.path), p.message))
+        except SpecProblem as p:
+            problems.append(StructureProblem(_dotted(cpath, p.path), p.message))
+        except Exception:
+            if not partial:
+                raise
+            # it needed a part (a None) or a context fact that is missing because that part is broken,
+            # and that part's own problems are already in the report
+    return problems
 
 
 def structure_spec(raw: dict[str, Any], registry: Registry) -> ExperimentSpec:

@@ -2,19 +2,29 @@
 
 - Strict primitives: no 1.7 -> 1, no "false" -> True, no 3 -> "3". An int is accepted where a
   float belongs (TOML writes ``lr = 1`` naturally).
-- Unknown keys are errors; every error is collected, none stops the others from being reported.
+- Arrays must be arrays: cattrs would iterate a string into a list of characters.
+- Unknown keys are errors; every error is collected, none stops the others from being reported,
+  including attrs validator failures (attrs itself stops at the first and cattrs drops the key).
 - A slot (``slot("partitioner")``) is a table with ``kind = "..."``, resolved through the registry
   into that kind's own config class.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
-from typing import Any, Iterable
+from typing import Any, Iterable, get_args, get_origin
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn
 
 from madkit.registry import Registry, UnknownKindError
 
@@ -76,6 +86,8 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     conv.register_structure_hook(float, _strict(float, (int, float), float))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
     conv.register_structure_hook(str, _strict(str, (str,)))
+    conv.register_structure_hook_func(_is_sequence, lambda value, t: _structure_sequence(conv, value, t))
+    conv.register_structure_hook_factory(attrs.has, lambda cls: _validating_attrs_hook(conv, cls))
 
     def structure_slot(value: Any, t: type) -> Any:
         interface = t.__madkit_interface__
@@ -108,6 +120,72 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     return conv
 
 
+_SEQUENCE_ORIGINS = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.MutableSequence)
+
+
+def _is_sequence(t: Any) -> bool:
+    return (get_origin(t) or t) in _SEQUENCE_ORIGINS
+
+
+def _structure_sequence(conv: cattrs.Converter, value: Any, t: Any) -> Any:
+    """A TOML array into ``list[X]``, ``tuple[X, Y]`` or ``tuple[X, ...]``, refusing anything else."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected an array, got {type(value).__name__} {value!r}")
+    origin, args = get_origin(t) or t, get_args(t)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise TypeError(f"expected an array of {len(args)} items, got {len(value)}: {value!r}")
+        item_types = list(args)
+    else:
+        item_types = [args[0] if args else Any] * len(value)
+    items, errors = [], []
+    for index, (item, item_type) in enumerate(zip(value, item_types)):
+        try:
+            items.append(conv.structure(item, item_type))
+        except Exception as exc:
+            exc.add_note(IterableValidationNote(f"Structuring {t} @ index {index}", index, item_type))
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError(f"While structuring {t}", errors, t)
+    return origin(items) if origin in (list, tuple, set, frozenset) else items
+
+
+def _validating_attrs_hook(conv: cattrs.Converter, cls: type):
+    """Structure an attrs class, then run every field validator and report all failures located.
+
+    attrs runs validators inside ``__init__`` and stops at the first; cattrs then reports the bare
+    message without the key. So build with validators off and run them here, one note per field.
+    """
+    build = make_dict_structure_fn(cls, conv)
+
+    def hook(value: Any, _t: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a table, got {type(value).__name__} {value!r}")
+        was_disabled = attrs.validators.get_disabled()
+        attrs.validators.set_disabled(True)
+        try:
+            instance = build(value, cls)
+        finally:
+            attrs.validators.set_disabled(was_disabled)
+        errors = []
+        for field in attrs.fields(cls):
+            if field.validator is None:
+                continue
+            try:
+                field.validator(instance, field, getattr(instance, field.name))
+            except (TypeError, ValueError) as exc:
+                # attrs' own validators put (message, attribute, ...) in args; keep the message only
+                message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+                error = ValueError(message)
+                error.add_note(AttributeValidationNote(f"Validating {field.name}", field.name, field.type))
+                errors.append(error)
+        if errors:
+            raise ClassValidationError(f"While validating {cls.__name__}", errors, cls)
+        return instance
+
+    return hook
+
+
 def _interface_of_config(registry: Registry, config: Any) -> str:
     for reg in registry.registrations():
         if type(config) is reg.config_cls:
@@ -138,18 +216,21 @@ def collect_problems(exc: BaseException, path: str, cls: Any = None) -> list[Str
         for sub in exc.exceptions:
             sub_path, sub_cls = path, None
             for note in getattr(sub, "__notes__", []):
-                name = getattr(note, "name", None)
-                if name is not None:
-                    sub_path, sub_cls = _join(path, name), getattr(note, "type", None)
-                index = getattr(note, "index", None)
-                if index is not None:
-                    sub_path = f"{path}[{index}]"
+                # both note classes are str subclasses: test the class, never hasattr (str.index exists)
+                if isinstance(note, AttributeValidationNote):
+                    sub_path, sub_cls = _join(path, note.name), note.type
+                elif isinstance(note, IterableValidationNote):
+                    sub_path, sub_cls = f"{path}[{note.index}]", note.type
             out.extend(collect_problems(sub, sub_path, sub_cls))
     elif isinstance(exc, _KindProblem):
         out.append(StructureProblem(_join(path, exc.subpath), str(exc)))
     elif isinstance(exc, KeyError):
         # cattrs already put the missing field's name on the path through its note
-        out.append(StructureProblem(path, "required key is missing"))
+        if (interface := _slot_interface(cls)) is not None:
+            message = f'required table is missing; add it with kind = "..." (`madkit plugins` lists {interface} kinds)'
+        else:
+            message = "required key is missing"
+        out.append(StructureProblem(path, message))
     else:
         out.append(StructureProblem(path or "(top level)", str(exc)))
     return out

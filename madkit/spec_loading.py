@@ -14,6 +14,8 @@ from typing import Any
 
 Path_ = tuple[str, ...]
 
+DEFAULTS_SOURCE = "(madkit defaults)"  # how errors name a value nobody wrote
+
 
 class SpecLoadError(Exception):
     """A spec file cannot be read at all (missing, bad TOML, bad extends, bad --set)."""
@@ -112,6 +114,9 @@ def load_raw(
     """The merged raw spec dict and its provenance."""
     path = Path(path)
     provenance = Provenance(str(path))
+    if defaults:
+        # marked first so that every path a file sets is re-marked with that file
+        provenance.mark(defaults, DEFAULTS_SOURCE)
     data = load_with_extends(path, provenance)
     if defaults:
         data = deep_merge(defaults, data)

@@ -17,8 +17,10 @@ class RasterConfig:
 
     def problems(self, grid: tuple[int, int]) -> list[SpecProblem]:
         h, w = grid
+        if h <= 0 or w <= 0:
+            return [SpecProblem("", f"grid sides must be > 0, got {h}x{w}")]
         if self.block_len < 0:
-            return [SpecProblem("block_len", f"must be >= 0, got {self.block_len}")]
+            return [SpecProblem("block_len", f"block_len must be >= 0 (0 = one block), got {self.block_len}")]
         if self.block_len and (h * w) % self.block_len:
             return [
                 SpecProblem(

@@ -18,6 +18,8 @@ class TilesConfig:
 
     def problems(self, grid: tuple[int, int]) -> list[SpecProblem]:
         (h, w), (th, tw) = grid, self.tile
+        if h <= 0 or w <= 0:
+            return [SpecProblem("", f"grid sides must be > 0, got {h}x{w}")]
         if th <= 0 or tw <= 0:
             return [SpecProblem("tile", f"tile sides must be > 0, got {th}x{tw}")]
         if h % th or w % tw:
