@@ -3,5 +3,9 @@
     from madkit.testing import PartitionerContract
 
     class TestHilbert(PartitionerContract):
-        def make_config(self, grid): ...
+        def valid_cases(self): ...  # a hypothesis strategy of PartitionCase(grid, config)
 """
+
+from madkit.testing.partitioner import (  # noqa: F401
+    InvalidPartitionCase, PartitionCase, PartitionerContract, divisors, grids, non_divisors,
+)
