@@ -55,7 +55,8 @@ class TrainConfig:
     decay_start: float = attrs.field(default=0.85, validator=_unit_interval)  # wsd: fraction where decay starts
     grad_clip: float = attrs.field(default=1.0, validator=_non_negative)  # 0 disables
     ema_decay: float = attrs.field(default=0.9999, validator=_unit_interval)
-    ema_warmup: int = attrs.field(default=0, validator=_non_negative)  # steps of decay ramp (1+s)/(10+s)
+    # steps over which the EMA horizon 1/(1-decay) grows linearly to full (0 = full decay from step 1)
+    ema_warmup: int = attrs.field(default=0, validator=_non_negative)
     precision: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "fp32", "bf16", "fp16")))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
@@ -63,18 +64,31 @@ class TrainConfig:
     deterministic: bool = False
     ckpt_every: int = attrs.field(default=1000, validator=_positive)
     keep_ckpts: int = attrs.field(default=3, validator=_positive)
-    resume: str = "auto"  # auto | never | a checkpoint folder
+    # auto: continue from the run folder's latest checkpoint | never: refuse a folder that has some |
+    # a checkpoint folder: start from it when the run folder has none of its own yet
+    resume: str = "auto"
+    ddp_find_unused: bool = False  # DDP find_unused_parameters, for models with parameters a step may not use
     log_every: int = attrs.field(default=10, validator=_positive)
     sample_every: int = attrs.field(default=0, validator=_non_negative)  # 0 = only at the end
     sample_num: int = attrs.field(default=16, validator=_positive)
     sample_steps: int = attrs.field(default=0, validator=_non_negative)  # 0 = the sampler's steps
     num_workers: int = attrs.field(default=0, validator=_non_negative)
+    # auto: encode the dataset once when the codec is not identity | off: encode every batch | a cache folder
+    latent_cache: str = "auto"
 
 
 @attrs.frozen
 class LogConfig:
-    sinks: list[str] = attrs.Factory(lambda: ["tensorboard"])
-    progress: bool = True
+    sinks: list[str] = attrs.Factory(lambda: ["tensorboard"])  # sink kinds (metrics and sample grids)
+    progress: bool = True  # tqdm bar on rank 0 (shown only on a terminal)
+
+    def check(self, context: dict[str, Any]):
+        registry = context["registry"]
+        installed = registry.kinds("sink")
+        for i, kind in enumerate(self.sinks):
+            if kind not in installed:
+                listing = ", ".join(repr(k) for k in installed) or "none"
+                yield SpecProblem(f"sinks[{i}]", f"unknown sink kind {kind!r} (installed: {listing})")
 
 
 @attrs.frozen

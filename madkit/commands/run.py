@@ -1,18 +1,49 @@
-"""``madkit run SPEC [--set K=V ...] [--out DIR]``: train."""
+"""``madkit run SPEC [--set K=V ...] [--out DIR] [--stop-after N]``: train.
 
-import sys
+Running the same command again with the same run folder continues from its latest checkpoint
+(``train.resume = "auto"``). Under ``torchrun --nproc_per_node=K -m madkit run SPEC`` it trains with
+DDP; only rank 0 prints.
+"""
 
-from madkit.commands import add_spec_args
+import os
+from pathlib import Path
+
+from madkit.commands import UsageError, add_spec_args
 from madkit.experiment_spec import load_spec
+from madkit.registry import Registry
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="train the experiment a spec describes")
+    p = sub.add_parser("run", help="train the experiment a spec describes (resumes when run again)")
     add_spec_args(p)
     p.add_argument("--out", help="run folder (default runs/<name>)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="stop (with a checkpoint) after optimizer step N; schedules still span train.steps",
+    )
 
 
 def run(args) -> int:
-    load_spec(args.spec, args.sets)
-    print(f"{args.spec}: valid, but training is not built yet in this version of madkit", file=sys.stderr)
-    return 1
+    registry = Registry.load()
+    loaded = load_spec(args.spec, args.sets, registry)
+    if args.stop_after is not None and args.stop_after <= 0:
+        raise UsageError(f"--stop-after must be a positive step count, got {args.stop_after}")
+    out = Path(args.out) if args.out else Path("runs") / loaded.spec.name
+
+    # torch and the engine are imported only now: `madkit --help` and `validate` stay fast
+    from madkit.engine.checkpoint import IncompatibleCheckpointError
+    from madkit.engine.train import train
+
+    try:
+        result = train(loaded, registry, out, stop_after=args.stop_after)
+    except IncompatibleCheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {result.run_dir}")
+        if result.checkpoint:
+            print(f"checkpoint: {result.checkpoint}")
+        if result.samples:
+            print(f"samples:    {result.samples}")
+    return 0

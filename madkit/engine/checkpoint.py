@@ -1,0 +1,292 @@
+"""Checkpoints: atomic folders of plain state, found, validated, pruned and loaded for inference.
+
+Layout: ``RUN/checkpoints/<step, 8 digits>/`` holding
+
+- ``model.safetensors``: the raw weights, unwrapped names (no ``module.`` / ``_orig_mod.``);
+- ``ema.safetensors``: the fp32 EMA weights, same names;
+- ``state.pt``: everything else as plain data, readable with ``torch.load(weights_only=True)``:
+  step, optimizer, lr schedule, grad scaler, data position, RNG states per rank, EMA update count,
+  the resolved spec (a dict) and the versions of madkit, torch and every plugin.
+
+Atomicity: a checkpoint is written into ``checkpoints/.tmp-<step>-<pid>/``, each file fsynced, then
+renamed to its final name and the parent folder fsynced. A folder whose name is all digits is
+therefore complete; temp folders (a crash mid-write) are ignored and swept by the next save.
+Pruning renames a folder back to a temp name before deleting it, so a kill during deletion never
+leaves a half-deleted folder under a valid name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CHECKPOINTS = "checkpoints"
+MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "state.pt"
+FILES = (MODEL_FILE, EMA_FILE, STATE_FILE)
+FORMAT_VERSION = 1
+_TMP_PREFIX = ".tmp-"
+# torch.compile(submodule) wraps it as `_orig_mod`; the trainer never saves through a DDP wrapper,
+# so a `module.` segment is a real attribute name and is left alone
+_WRAPPER_PARTS = re.compile(r"(^|\.)_orig_mod\.")
+_SHAPE_INSENSITIVE = ("train", "log", "name", "seed")  # spec sections that cannot change tensor shapes
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or not what the caller needs."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """A checkpoint's tensors do not fit the model the current spec builds."""
+
+
+# --------------------------------------------------------------------------- finding
+def step_dir_name(step: int) -> str:
+    return f"{step:08d}"
+
+
+def is_complete(folder: Path) -> bool:
+    return folder.name.isdigit() and all((folder / f).is_file() for f in FILES)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first, as (step, folder)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(p.name), p) for p in root.iterdir() if p.is_dir() and is_complete(p)]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None when it has none."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
+    """A checkpoint folder itself, or a run folder's latest checkpoint."""
+    path = Path(run_dir_or_ckpt)
+    if (path / STATE_FILE).is_file():
+        if not is_complete(path):
+            missing = [f for f in FILES if not (path / f).is_file()]
+            raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; pass a run folder or a checkpoint folder")
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(
+            f"{path} holds no complete checkpoint (looked for {path / CHECKPOINTS}/<step>/ with {', '.join(FILES)})"
+        )
+    return latest
+
+
+# --------------------------------------------------------------------------- writing
+def unwrapped_name(name: str) -> str:
+    return _WRAPPER_PARTS.sub(r"\1", name)
+
+
+def unwrapped_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with torch.compile wrapper segments removed from every name.
+
+    Pass the bare model, never its DDP wrapper (whose names all start with ``module.``)."""
+    return {unwrapped_name(k): v for k, v in model.state_dict().items()}
+
+
+def load_unwrapped(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict with unwrapped names into ``model``, whatever wrappers it holds (strict)."""
+    actual = {unwrapped_name(k): k for k in model.state_dict()}
+    model.load_state_dict({actual.get(k, k): v for k, v in state.items()}, strict=True)
+
+
+def _to_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # copy=True: tied weights become independent tensors (safetensors refuses shared storage)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync_file(path)
+    except OSError:  # some filesystems cannot fsync directories; the rename is still atomic
+        pass
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write one checkpoint atomically, then keep only the newest ``keep``. Returns its folder."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    if is_complete(final):
+        return final  # already written (e.g. the run resumed at its last step)
+    sweep_temp_folders(run_dir)
+    tmp = root / f"{_TMP_PREFIX}{step_dir_name(step)}-{os.getpid()}"
+    tmp.mkdir()
+    save_file(_to_cpu(model_state), tmp / MODEL_FILE, metadata={"format": "pt"})
+    save_file(_to_cpu(ema_state), tmp / EMA_FILE, metadata={"format": "pt"})
+    with open(tmp / STATE_FILE, "wb") as f:
+        torch.save({"format": FORMAT_VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    for name in (MODEL_FILE, EMA_FILE):
+        _fsync_file(tmp / name)
+    _fsync_dir(tmp)
+    if final.exists():  # an incomplete folder under the final name (not written by us): replace it
+        _remove(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    prune(run_dir, keep)
+    return final
+
+
+def _remove(folder: Path) -> None:
+    doomed = folder.with_name(f"{_TMP_PREFIX}del-{folder.name}-{os.getpid()}")
+    os.replace(folder, doomed)  # first leave the valid namespace, atomically
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def prune(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints; returns what was deleted."""
+    found = list_checkpoints(run_dir)
+    doomed = [p for _, p in found[: max(0, len(found) - keep)]]
+    for folder in doomed:
+        _remove(folder)
+    return doomed
+
+
+def sweep_temp_folders(run_dir: str | Path) -> None:
+    """Remove what interrupted saves and prunes left behind."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(_TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- reading
+def load_state(ckpt: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    path = Path(ckpt) / STATE_FILE
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read as a madkit checkpoint state: {exc}") from exc
+
+
+def load_weights(ckpt: str | Path, use_ema: bool, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(ckpt) / (EMA_FILE if use_ema else MODEL_FILE)
+    try:
+        return load_file(path, device=str(device))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read as safetensors: {exc}") from exc
+
+
+def stored_shapes(ckpt: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes in ``model.safetensors`` without reading the data."""
+    with safe_open(Path(ckpt) / MODEL_FILE, framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def check_compatible(
+    ckpt: str | Path, model: nn.Module, spec: dict[str, Any], spec_source: str, stored_spec: dict[str, Any]
+) -> None:
+    """Raise ``IncompatibleCheckpointError`` naming both sides and what differs when ``ckpt``'s
+    tensors do not fit ``model`` (built from ``spec``, read from ``spec_source``)."""
+    have = {k: tuple(v.shape) for k, v in unwrapped_state_dict(model).items()}
+    want = stored_shapes(ckpt)
+    missing = sorted(set(have) - set(want))
+    unexpected = sorted(set(want) - set(have))
+    reshaped = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    if not (missing or unexpected or reshaped):
+        return
+    lines = [f"checkpoint {ckpt} does not fit the model built from {spec_source}:"]
+    for k in reshaped[:8]:
+        lines.append(f"  {k}: checkpoint {list(want[k])} vs spec {list(have[k])}")
+    if missing:
+        lines.append(f"  the spec's model has {len(missing)} tensor(s) the checkpoint lacks, e.g. {missing[:3]}")
+    if unexpected:
+        lines.append(f"  the checkpoint has {len(unexpected)} tensor(s) the spec's model lacks, e.g. {unexpected[:3]}")
+    if len(reshaped) > 8:
+        lines.append(f"  ... and {len(reshaped) - 8} more reshaped tensors")
+    diffs = spec_differences(stored_spec, spec)
+    if diffs:
+        lines.append("the specs differ at:")
+        lines.extend(f"  {key}: checkpoint {old!r} vs spec {new!r}" for key, old, new in diffs[:12])
+    lines.append(
+        "nothing was changed; train into another folder (--out), or restore the spec the checkpoint was trained with"
+    )
+    raise IncompatibleCheckpointError("\n".join(lines))
+
+
+def spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every value that differs outside the shape-insensitive sections."""
+    a, b = _flatten(old), _flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key.split(".")[0] in _SHAPE_INSENSITIVE:
+            continue
+        va, vb = a.get(key, "(absent)"), b.get(key, "(absent)")
+        if _plain(va) != _plain(vb):
+            out.append((key, va, vb))
+    return out
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# --------------------------------------------------------------------------- inference
+def load_for_inference(
+    run_dir_or_ckpt: str | Path, registry, use_ema: bool = True, device: torch.device | str = "cpu"
+):
+    """Rebuild a run's experiment from the spec stored in its checkpoint and load its weights.
+
+    Returns ``(experiment, model)``; ``model`` (eval mode, on ``device``) is ``experiment.model``.
+    ``run_dir_or_ckpt`` is a run folder (its latest checkpoint is used) or a checkpoint folder.
+    """
+    from madkit.build import build_experiment
+    from madkit.experiment_spec import structure_spec
+
+    ckpt = resolve_checkpoint(run_dir_or_ckpt)
+    state = load_state(ckpt)
+    if "spec" not in state:
+        raise CheckpointError(f"{ckpt / STATE_FILE} holds no resolved spec; it was not written by madkit")
+    spec = structure_spec(state["spec"], registry)
+    experiment = build_experiment(spec, registry, device=str(device))
+    model = experiment.model
+    check_compatible(ckpt, model, state["spec"], f"the spec stored in {ckpt}", state["spec"])
+    load_unwrapped(model, load_weights(ckpt, use_ema, device))
+    model.eval()
+    return experiment, model

@@ -1,0 +1,108 @@
+"""Process-group setup for ``torchrun`` and the few collectives the trainer needs.
+
+A plain ``madkit run`` is one process (world size 1) and never touches torch.distributed. Under
+``torchrun --nproc_per_node=K -m madkit run SPEC`` the environment names RANK, WORLD_SIZE and
+LOCAL_RANK; we join the group with nccl on CUDA and gloo on CPU, one device per local rank.
+Every helper here is a no-op (or the identity) in a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+
+
+@attrs.frozen
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False  # we initialised the process group, so we tear it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``train.device``: auto (CUDA when present), cpu, cuda or cuda:N (one process per device)."""
+    if preference == "auto":
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise ValueError(f"train.device: {preference!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("train.device asks for CUDA but torch sees no CUDA device; use 'auto' or 'cpu'")
+        # under torchrun each process takes the device of its local rank, whatever index was named
+        under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        index = local_rank if under_torchrun else (device.index or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local_rank} needs cuda:{index} but only {torch.cuda.device_count()} exist")
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+    return device
+
+
+def setup(device_preference: str) -> DistEnv:
+    """Join the torchrun process group when launched by torchrun; otherwise a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_preference, local_rank)
+    if world <= 1:
+        return DistEnv(0, 1, 0, device)
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+        owns = True
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, owns)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def broadcast_object(env: DistEnv, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(env: DistEnv, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not env.distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(env: DistEnv, values: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a tensor (returns a new tensor; the input is untouched)."""
+    if not env.distributed:
+        return values
+    out = values.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / env.world_size

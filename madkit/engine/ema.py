@@ -1,0 +1,65 @@
+"""Exponential moving average of the weights, kept in fp32, sampled from and evaluated.
+
+The EMA is a full copy of the (unwrapped) model: it can ``generate`` directly, and its
+``state_dict()`` has exactly the model's names, so ``ema.safetensors`` loads into a fresh model.
+Parameters are averaged; buffers (running statistics, cached tables) are copied.
+
+Decay warmup. A 0.9999 EMA remembers ~10k steps, so early in training it is mostly the random
+initialisation. With ``warmup`` W > 0 the averaging horizon 1 / (1 - decay) grows linearly with the
+step s and reaches the full horizon at s = W:
+
+    decay(s) = min(decay, max(0, 1 - W * (1 - decay) / s))
+
+(decay 0, i.e. a plain copy, while s <= W * (1 - decay)). W = 0 uses ``decay`` from the first step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """fp32 moving average of a model's parameters. ``module`` is the averaged model (eval mode)."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: int = 0):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be within [0, 1], got {decay}")
+        self.decay, self.warmup = float(decay), int(warmup)
+        self.module = copy.deepcopy(model).to(torch.float32).eval()
+        self.module.requires_grad_(False)
+        self.updates = 0
+
+    def decay_at(self, updates: int) -> float:
+        """The decay used for update number ``updates`` (1-based)."""
+        if self.warmup <= 0:
+            return self.decay
+        return min(self.decay, max(0.0, 1.0 - self.warmup * (1.0 - self.decay) / max(1, updates)))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> float:
+        """Move the average towards ``model`` (the unwrapped one); returns the decay used."""
+        self.updates += 1
+        decay = self.decay_at(self.updates)
+        ema_params = [p for p in self.module.parameters()]
+        live = [p.detach() for p in model.parameters()]
+        if len(ema_params) != len(live):
+            raise ValueError(
+                f"EMA holds {len(ema_params)} parameters but the model has {len(live)}; "
+                "the EMA must be made from the model it tracks"
+            )
+        live = [p if p.dtype == torch.float32 else p.float() for p in live]
+        # ema <- ema + (1 - decay) * (live - ema), one fused kernel per dtype/device group
+        torch._foreach_lerp_(ema_params, live, 1.0 - decay)
+        for ema_buf, buf in zip(self.module.buffers(), model.buffers()):
+            ema_buf.copy_(buf)
+        return decay
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], updates: int) -> None:
+        self.module.load_state_dict(state)
+        self.updates = int(updates)

@@ -1,0 +1,99 @@
+"""Training records on rank 0: metrics.jsonl, sinks (TensorBoard...), a tqdm bar and plain log lines.
+
+The bar uses ``disable=None``: it shows on a terminal and stays silent in CI logs and pipes, where
+the plain line printed every ``log_every`` steps carries the same facts.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+
+from madkit.interfaces import Sink
+from madkit.engine.run_dir import MetricsFile
+
+
+def memory_gb(device: torch.device) -> float:
+    """Peak memory so far: allocated CUDA memory on a GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    # ru_maxrss is in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def format_line(step: int, total: int, record: dict[str, Any]) -> str:
+    """``step 120/1000 | loss 0.1234 hidden 0.0200 | lr 3.00e-04 | grad 0.812 | 412.3 img/s | mem 2.41 GB``.
+
+    ``record`` holds ``loss`` (the optimised term), other terms as ``loss/<name>``, ``lr``,
+    ``grad_norm``, ``images_per_s`` and ``mem_gb``.
+    """
+    others = " ".join(f"{k.removeprefix('loss/')} {v:.4f}" for k, v in record.items() if k.startswith("loss/"))
+    terms = f"loss {record['loss']:.4f}" + (f" {others}" if others else "")
+    return (
+        f"step {step}/{total} | {terms} | lr {record['lr']:.2e} | grad {record['grad_norm']:.3f} | "
+        f"{record['images_per_s']:.1f} img/s | mem {record['mem_gb']:.2f} GB"
+    )
+
+
+def build_sinks(kinds: Sequence[str], registry, run_dir: Path) -> list[Sink]:
+    """One sink per kind in ``log.sinks``, each built with its default config."""
+    return [registry.get("sink", kind).config_cls().build(run_dir=run_dir) for kind in kinds]
+
+
+class Reporter:
+    """Rank 0 writes; other ranks hold a silent reporter so the loop needs no rank checks."""
+
+    def __init__(
+        self,
+        active: bool,
+        metrics_path: Path | None,
+        sinks: list[Sink],
+        total_steps: int,
+        start_step: int,
+        progress: bool,
+    ):
+        self.active = active
+        self.total = total_steps
+        self._metrics = MetricsFile(metrics_path) if active and metrics_path else None
+        self._sinks = sinks if active else []
+        self._bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=None if (active and progress) else True,
+        )
+
+    def advance(self) -> None:
+        self._bar.update(1)
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        """One metrics record: a metrics.jsonl line, every sink, and a plain log line."""
+        if not self.active:
+            return
+        self._metrics.write({"step": step, **record})
+        scalars = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        for sink in self._sinks:
+            sink.log_scalars(step, scalars)
+        self.say(format_line(step, self.total, record))
+
+    def image(self, step: int, tag: str, image_uint8_hwc: torch.Tensor) -> None:
+        for sink in self._sinks:
+            sink.log_image(step, tag, image_uint8_hwc)
+
+    def say(self, text: str) -> None:
+        if self.active:
+            tqdm.write(text, file=sys.stdout)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        self._bar.close()
+        for sink in self._sinks:
+            sink.close()
+        if self._metrics:
+            self._metrics.close()

@@ -1,0 +1,90 @@
+"""Preparing a built model for training: activation checkpointing, compilation, the DDP-facing wrapper.
+
+DDP synchronises gradients only for computation that enters through its ``forward`` (that is
+where it arms its reducer). ``GenerativeModel.loss`` is a method, not ``forward``, so the trainer
+wraps the model in ``LossModule`` whose forward calls ``loss``; DDP wraps that. The bare model
+stays reachable for saving, the EMA and sampling, so its parameter names never carry ``module.``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from madkit.interfaces import GenerativeModel, NoiseSchedule
+
+
+class LossModule(nn.Module):
+    """forward(latents, labels, generator) -> the model's loss dict (what DDP wraps)."""
+
+    def __init__(self, model: GenerativeModel, schedule: NoiseSchedule):
+        super().__init__()
+        self.model = model
+        self.schedule = schedule
+
+    def forward(
+        self, latents: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        out = self.model.loss(latents, labels, self.schedule, generator)
+        if not isinstance(out, dict) or "loss" not in out:
+            raise TypeError(
+                f"{type(self.model).__name__}.loss must return a dict with key 'loss' (the optimised "
+                f"scalar) and optional other terms, got {type(out).__name__}"
+            )
+        return out
+
+
+def enable_activation_checkpointing(model: nn.Module, model_kind: str) -> None:
+    """Ask the model to recompute activations in backward (it knows its own block boundaries)."""
+    setter = getattr(model, "set_activation_checkpointing", None)
+    if not callable(setter):
+        raise ValueError(
+            f"train.activation_checkpointing = true, but the {model_kind!r} model has no "
+            "set_activation_checkpointing(enabled) method; set it to false or add the method to the model"
+        )
+    setter(True)
+
+
+def compile_targets(model: nn.Module) -> list[nn.Module]:
+    """What to compile: the model's own choice (``compile_targets()``), else the members of its
+    outermost ``nn.ModuleList``s (transformer blocks), else the model itself.
+
+    Compiling blocks rather than the model keeps graphs small and reused across identical layers,
+    and works although the trainer calls ``loss`` rather than ``forward``.
+    """
+    chosen = getattr(model, "compile_targets", None)
+    if callable(chosen):
+        return list(chosen())
+    found: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, nn.ModuleList):
+                found.extend(child)  # blocks; do not descend into them
+            else:
+                visit(child)
+
+    visit(model)
+    return found or [model]
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """``Module.compile()`` each target in place (names stay free of ``_orig_mod``); returns how many."""
+    targets = compile_targets(model)
+    for module in targets:
+        module.compile()
+    return len(targets)
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module) -> torch.Tensor:
+    """float64 [2 * num_params]: sum and sum of squares of every parameter, for comparing ranks.
+
+    Equal weights give bit-identical fingerprints (same reduction on the same device type); any
+    divergence between DDP ranks shows up.
+    """
+    parts = []
+    for p in model.parameters():
+        p64 = p.detach().double()
+        parts.append(torch.stack((p64.sum(), (p64 * p64).sum())))
+    return torch.cat(parts).cpu() if parts else torch.zeros(0, dtype=torch.float64)

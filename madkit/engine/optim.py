@@ -1,0 +1,132 @@
+"""AdamW with the usual weight-decay exemptions, and the learning-rate schedules the spec names.
+
+Weight decay shrinks weights towards zero. That is a useful prior for the matrices of linear and
+convolution layers, but it fights the job of everything else: a norm's gain should sit near 1, a
+bias or an embedding table or a learned token (MADFormer's BOI block) has no reason to be small.
+So only the ``weight`` of linear and convolution layers decays; a model can widen the exemption
+with ``no_weight_decay() -> set of parameter names`` (the timm convention).
+
+Schedules are pure functions of the optimizer step, so resuming needs only the step; the state we
+store in checkpoints is there to say what was used, not to restore anything.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import attrs
+import torch
+from torch import nn
+
+from madkit.experiment_spec import TrainConfig
+
+_DECAYING_MODULES = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[str]]:
+    """(decayed params, exempt params, names of the decayed ones), trainable parameters only.
+
+    A parameter shared by several modules (tied weights) is listed once, under its first name.
+    """
+    exempt_names = set(getattr(model, "no_weight_decay", lambda: set())())
+    decayed_ids: set[int] = set()
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, _DECAYING_MODULES) and isinstance(weight, nn.Parameter):
+            decayed_ids.add(id(weight))
+    decay, exempt, names = [], [], []
+    for name, param in model.named_parameters():  # named_parameters already skips duplicates
+        if not param.requires_grad:
+            continue
+        if id(param) in decayed_ids and name not in exempt_names:
+            decay.append(param)
+            names.append(name)
+        else:
+            exempt.append(param)
+    return decay, exempt, names
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters, two groups: decayed and exempt."""
+    decay, exempt, _ = split_decay(model)
+    if not decay and not exempt:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters; nothing to optimise")
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "name": "decay"},
+        {"params": exempt, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+    params = decay + exempt
+    # the fused kernel updates every tensor in one launch; it needs all parameters on CUDA
+    fused = all(p.is_cuda for p in params) and torch.cuda.is_available()
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None
+    )
+
+
+@attrs.frozen
+class LRSchedule:
+    """Learning rate as a function of the optimizer step (0-based index of the step being taken).
+
+    - warmup: linear from ``base_lr / warmup_steps`` to ``base_lr`` over the first ``warmup`` fraction;
+    - ``wsd`` (warmup-stable-decay): constant until ``decay_start`` of training, then
+      ``base_lr * 0.5 ** (6 r)`` with r going 0 -> 1 over the rest (ends at base_lr / 64);
+    - ``cosine``: half a cosine from base_lr to 0 after warmup;
+    - ``constant``: base_lr after warmup.
+    """
+
+    kind: str
+    base_lr: float
+    total_steps: int
+    warmup_steps: int
+    decay_start_step: int
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> LRSchedule:
+        warmup = math.ceil(cfg.warmup * cfg.steps)
+        decay_start = max(warmup, round(cfg.decay_start * cfg.steps))
+        return cls(cfg.lr_schedule, cfg.lr, cfg.steps, warmup, decay_start)
+
+    def factor(self, step: int) -> float:
+        """Multiplier of ``base_lr`` at ``step``; in (0, 1] for every step of training."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "wsd":
+            if step < self.decay_start_step:
+                return 1.0
+            span = max(1, self.total_steps - self.decay_start_step)
+            r = min(1.0, (step - self.decay_start_step) / span)
+            return 0.5 ** (6.0 * r)
+        if self.kind == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            r = min(1.0, (step - self.warmup_steps) / span)
+            return 0.5 * (1.0 + math.cos(math.pi * r))
+        raise ValueError(f"unknown train.lr_schedule {self.kind!r}; use wsd, cosine or constant")
+
+    def lr(self, step: int) -> float:
+        return self.base_lr * self.factor(step)
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every group's lr for ``step``; returns it."""
+        lr = self.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def parameters_of(optimizer: torch.optim.Optimizer) -> Iterable[nn.Parameter]:
+    for group in optimizer.param_groups:
+        yield from group["params"]

@@ -1,0 +1,1 @@
+"""Built-in metric sinks: ``tensorboard`` (event files under RUN/tensorboard/)."""
