@@ -70,6 +70,17 @@ class DecoderLayer(nn.Module):
         self.clean = Tower(width, heads, mlp_hidden, eps)
         self.noised = self.clean if shared_towers else Tower(width, heads, mlp_hidden, eps)
 
+    # Set by the model: False in the last layer whose clean keys are read. Its clean output would feed
+    # nobody, so only the clean keys/values are computed there.
+    clean_output_needed: bool = True
+
+    def dead_clean_parameters(self) -> list[nn.Parameter]:
+        """Clean-tower parameters no computation reaches given ``clean_output_needed``."""
+        if self.clean is self.noised or self.clean_output_needed:
+            return []
+        t = self.clean
+        return [p for m in (t.out, t.mlp_norm, t.gate, t.up, t.down) for p in m.parameters()]
+
     @property
     def attends_clean(self) -> bool:
         """Whether noised queries read clean-tower keys (clean blocks or the context) in this layer;
@@ -93,17 +104,19 @@ class DecoderLayer(nn.Module):
         if not with_clean:
             return xc, self.noised.finish(xn, out)
         lc = xc.shape[1]
-        return self.clean.finish(xc, out[:, :, :lc]), self.noised.finish(xn, out[:, :, lc:])
+        xc = self.clean.finish(xc, out[:, :, :lc]) if self.clean_output_needed else None
+        return xc, self.noised.finish(xn, out[:, :, lc:])
 
     def _cached(self, xc, xn, plan: CachedPlan):
         cache = plan.caches[self._index]
         lay = plan.layout
         if plan.stream == "clean":
             q, k, v = self.clean.qkv_heads(xc, lay.cos, lay.sin)
-            keys, values = cache.with_new(k, v)
-            out = attend(q, keys, values)
             cache.append(k, v)
-            return self.clean.finish(xc, out), xn
+            if not self.clean_output_needed:
+                return None, xn
+            keys, values = cache.k, cache.v
+            return self.clean.finish(xc, attend(q, keys, values)), xn
         q, k, v = self.noised.qkv_heads(xn, lay.cos, lay.sin)
         if self.pattern == "intra-block":
             keys, values = k, v

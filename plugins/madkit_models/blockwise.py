@@ -86,7 +86,7 @@ def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: t
 
 def per_image_noise(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
     """One draw per image from its own generator: images do not depend on batch composition."""
-    return torch.stack([torch.randn(shape, generator=g, dtype=dtype) for g in generators]).to(device)
+    return torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]).to(device)
 
 
 @torch.no_grad()

@@ -19,6 +19,12 @@ def _linear_flops_per_token(module: torch.nn.Module, tower_only=None) -> int:
     return sum(2 * m.in_features * m.out_features for m in mods.modules() if isinstance(m, torch.nn.Linear))
 
 
+def _clean_flops_per_token(layer) -> int:
+    """The clean tower's linear FLOPs; only q/k/v in the last layer whose clean keys are read."""
+    tower = layer.clean
+    return _linear_flops_per_token(tower if layer.clean_output_needed else tower.qkv)
+
+
 def _pairs(pattern: str, q_segments, k_segments) -> int:
     """Allowed pairs between segments [(stream, block, size)] under ``pattern``; block-granular rule."""
     if pattern == "none" or not q_segments or not k_segments:
@@ -32,8 +38,9 @@ def _pairs(pattern: str, q_segments, k_segments) -> int:
 def _embedder_flops(model, blocks: int, unembed: bool = True) -> int:
     """FLOPs of embedding (and unembedding) ``blocks`` blocks, measured on meta tensors."""
     emb = model.embedder
-    cells = torch.zeros(blocks, model.B, emb.cell_dim, device="meta")
-    t = torch.zeros(blocks, device="meta")
+    device = model.boi.device  # meta for `madkit flops`: shapes only, no memory
+    cells = torch.zeros(blocks, model.B, emb.cell_dim, device=device, dtype=model.boi.dtype)
+    t = torch.zeros(blocks, device=device)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         tokens, aux = emb.embed(cells, t)
@@ -57,7 +64,7 @@ def _train_forward(model) -> tuple[int, int]:
         seq_q = noised + (clean if with_clean else [])
         flops += per_token * T * B
         if with_clean:
-            flops += _linear_flops_per_token(layer.clean) * clean_tokens
+            flops += _clean_flops_per_token(layer) * clean_tokens
         flops += 4 * d * _pairs(layer.pattern, seq_q, seq_q)
     # embed: T-1 clean blocks + T noisy blocks; unembed: T blocks (+ T for the hidden loss)
     embed_unembed = _embedder_flops(model, 1)
@@ -81,7 +88,7 @@ def _sample(model, steps: int, cached: bool) -> dict[str, int]:
             if j > 0 and not model.single_stream:  # clean pass for block j-1, once
                 flops += embed_only
                 for layer in model.layers[: model.last_clean_layer + 1]:
-                    flops += _linear_flops_per_token(layer.clean) * B + 4 * d * B * (c + j * B)
+                    flops += _clean_flops_per_token(layer) * B + 4 * d * B * (c + j * B)
                     layer_passes += 1
             elif j > 0:
                 flops += embed_only
@@ -105,7 +112,7 @@ def _sample(model, steps: int, cached: bool) -> dict[str, int]:
                 tokens_clean = (c + tc * B) if with_clean else 0
                 per_step += _linear_flops_per_token(getattr(layer, "noised", layer)) * B
                 if with_clean and tokens_clean:
-                    per_step += _linear_flops_per_token(layer.clean) * tokens_clean
+                    per_step += _clean_flops_per_token(layer) * tokens_clean
                 per_step += 4 * d * _pairs(layer.pattern, q, q)
             flops += steps * per_step
             layer_passes += steps * len(model.layers)

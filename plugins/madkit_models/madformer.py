@@ -48,18 +48,35 @@ class MADFormer(GenerativeModel):
         for i, layer in enumerate(self.layers):
             layer._index = i
         self.first_diffusion = n_ar
-        # the clean tower runs only up to the last layer whose noised queries read it
-        self.last_clean_layer = max((i for i, l in enumerate(self.layers) if l.attends_clean), default=-1)
-        needs_time = any(getattr(l, "pattern", "") == "none" for l in self.layers)
-        self.time = TimestepEmbedder(d) if needs_time else None
         self.class_embed = nn.Embedding(num_classes + 1, d) if cfg.conditioning == "class" else None
         self.has_context = self.class_embed is not None
+        # The clean tower runs only up to the last layer whose noised queries read it; a single-stream
+        # model without a context token has no clean-tower tokens at all.
+        has_clean = self.has_context or not self.single_stream
+        readers = [i for i, layer in enumerate(self.layers) if layer.attends_clean]
+        self.last_clean_layer = max(readers, default=-1) if has_clean else -1
+        self._freeze_dead_parameters()
+        needs_time = any(getattr(l, "pattern", "") == "none" for l in self.layers)
+        self.time = TimestepEmbedder(d) if needs_time else None
         head_dim = d // cfg.heads
         cos, sin = rope_angles(self.partitioner.positions.flatten(0, 1), head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", cos.view(self.T, self.B, head_dim), persistent=False)
         self.register_buffer("rope_sin", sin.view(self.T, self.B, head_dim), persistent=False)
         self.activation_checkpointing = False
         self.reset_parameters()
+
+    def _freeze_dead_parameters(self) -> None:
+        """Parameters no computation reaches keep the released architecture's shapes (and parameter
+        count) but never train: requires_grad=False keeps them out of DDP's reducer and the optimizer."""
+        for i, layer in enumerate(self.layers):
+            if not hasattr(layer, "clean"):
+                continue
+            layer.clean_output_needed = i < self.last_clean_layer
+            dead = layer.dead_clean_parameters()
+            if i > self.last_clean_layer and layer.clean is not layer.noised:
+                dead = list(layer.clean.parameters())
+            for p in dead:
+                p.requires_grad_(False)
 
     # ------------------------------------------------------------------ init and utilities
     def reset_parameters(self) -> None:

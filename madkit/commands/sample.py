@@ -1,0 +1,63 @@
+"""``madkit sample RUN_DIR_OR_CHECKPOINT --num N --steps S ...``: PNG files from a trained model."""
+
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sample", help="generate PNG images from a run folder or checkpoint (EMA weights by default)")
+    p.add_argument("checkpoint", help="run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--num", type=int, default=16, help="number of images")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per block (default: the spec's sampler)")
+    p.add_argument("--sampler", default=None, help="sampler kind, e.g. ddim or dpm-solver++ (default: the spec's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="image i's noise comes from (seed, i)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/samples/<checkpoint>-<sampler>-<steps>)")
+    p.add_argument("--batch", type=int, default=16, help="images per forward batch (does not change the images)")
+    p.add_argument("--grid", action="store_true", help="also write grid.png with every image of this shard")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (reference path)")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--shard", default="0/1", help="i/k: generate every k-th image starting at i (multi-process)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def run(args) -> int:
+    import torch
+
+    from madkit.commands import UsageError
+    from madkit.engine.checkpoint import load_for_inference, resolve_checkpoint
+    from madkit.engine.distributed import resolve_device
+    from madkit.engine.generate import generate_images, parse_shard, shard_indices, to_uint8_hwc
+    from madkit.engine.samples import save_grid
+    from madkit.registry import Registry
+    from PIL import Image
+
+    if args.num <= 0 or args.batch <= 0:
+        raise UsageError("--num and --batch must be positive")
+    shard = parse_shard(args.shard)
+    registry = Registry.load()
+    device = resolve_device(args.device)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    experiment, model = load_for_inference(ckpt, registry, use_ema=not args.raw, device=device)
+    sampler = experiment.sampler
+    if args.sampler:
+        reg = registry.get("sampler", args.sampler)
+        sampler = reg.config_cls().build(schedule=experiment.schedule)
+    steps = args.steps or sampler.steps
+    kind = args.sampler or registry.kind_of("sampler", experiment.spec.sampler)
+    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"{ckpt.name}-{kind}-{steps}"
+    out.mkdir(parents=True, exist_ok=True)
+    codec = experiment.codec.to(device)
+    indices = shard_indices(args.num, shard)
+    written = []
+    for idx, images in generate_images(
+        model, sampler, codec, indices, args.seed, num_classes=experiment.num_classes,
+        batch=args.batch, steps=steps, guidance=args.guidance, use_cache=not args.no_cache, progress=True,
+    ):
+        for i, image in zip(idx, images):
+            path = out / f"{i:06d}.png"
+            Image.fromarray(to_uint8_hwc(image).numpy()).save(path)
+            written.append((path, image))
+    if args.grid and written:
+        save_grid(torch.stack([img for _, img in written]), out / f"grid-{shard[0]}of{shard[1]}.png")
+    print(f"wrote {len(written)} images ({'EMA' if not args.raw else 'raw'} weights, {kind}, {steps} steps) to {out}")
+    return 0
