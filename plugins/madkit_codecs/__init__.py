@@ -1,0 +1,1 @@
+"""Built-in codecs: ``identity`` (pixel space) and ``sd-vae`` (a diffusers AutoencoderKL)."""
