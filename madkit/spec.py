@@ -139,7 +139,7 @@ def _structure_sequence(conv: cattrs.Converter, value: Any, t: Any) -> Any:
     else:
         item_types = [args[0] if args else Any] * len(value)
     items, errors = [], []
-    for index, (item, item_type) in enumerate(zip(value, item_types)):
+    for index, (item, item_type) in enumerate(zip(value, item_types, strict=True)):
         try:
             items.append(conv.structure(item, item_type))
         except Exception as exc:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fake_plugins import kinds as fake_kinds
 from fake_plugins.distinfo import PluginSite
+
 from madkit.registry import PluginInfo, Registry
 
 TESTS_DIR = Path(__file__).resolve().parent

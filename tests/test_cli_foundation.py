@@ -115,7 +115,9 @@ def test_validate_accepts_a_valid_spec(fakes_installed, good_spec, capsys):
 
 
 def test_validate_set_problems_name_the_assignment(fakes_installed, good_spec, capsys):
-    assert main(["validate", str(good_spec), "--set", "train.batch=8.0", "--set", "model.partitioner.tile=[16, 5]"]) == 2
+    assert (
+        main(["validate", str(good_spec), "--set", "train.batch=8.0", "--set", "model.partitioner.tile=[16, 5]"]) == 2
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[:-1] == [
         "--set train.batch=8.0: train.batch: expected int, got float 8.0",

@@ -93,7 +93,10 @@ def snake_installed(fakes_installed, plugin_site, monkeypatch) -> dict[str, str]
     project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
     entry_points = project["entry-points"]["madkit.plugins"]
     plugin_site.install(
-        project["name"], project["version"], entry_points, {"madkit_snake.py": (EXAMPLE / "madkit_snake.py").read_text()}
+        project["name"],
+        project["version"],
+        entry_points,
+        {"madkit_snake.py": (EXAMPLE / "madkit_snake.py").read_text()},
     )
     only = ",".join([fakes_installed["MADKIT_PLUGINS"], *entry_points])
     monkeypatch.setenv("MADKIT_PLUGINS", only)
@@ -121,7 +124,11 @@ def test_example_passes_its_own_tests(snake_installed, tmp_path):
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         cwd=checkout,
         # the site only, and only the snake plugin: what the doc tells authors to run
-        env={**snake_installed, "PYTHONPATH": snake_installed["PYTHONPATH"].split(os.pathsep)[0], "MADKIT_PLUGINS": "snake"},
+        env={
+            **snake_installed,
+            "PYTHONPATH": snake_installed["PYTHONPATH"].split(os.pathsep)[0],
+            "MADKIT_PLUGINS": "snake",
+        },
         capture_output=True,
         text=True,
         timeout=600,

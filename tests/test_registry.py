@@ -83,7 +83,9 @@ def test_kinds_are_attributed_to_plugin_distribution_and_version(plugin_site, mo
 
 def test_duplicate_kind_names_both_owners(plugin_site, monkeypatch):
     plugin_site.install("first-dist", "1.0", {"first": "first_plugin"}, {"first_plugin.py": plugin_module("test-same")})
-    plugin_site.install("second-dist", "2.0", {"second": "second_plugin"}, {"second_plugin.py": plugin_module("test-same")})
+    plugin_site.install(
+        "second-dist", "2.0", {"second": "second_plugin"}, {"second_plugin.py": plugin_module("test-same")}
+    )
     monkeypatch.setenv("MADKIT_PLUGINS", "first,second")
     with pytest.raises(DuplicateKindError) as info:
         Registry.load()
@@ -97,17 +99,23 @@ def test_same_entry_point_name_in_two_distributions_is_refused(plugin_site, monk
     plugin_site.install("one-dist", "1.0", {"clash": "one_plugin"}, {"one_plugin.py": plugin_module("test-one")})
     plugin_site.install("two-dist", "1.0", {"clash": "two_plugin"}, {"two_plugin.py": plugin_module("test-two")})
     monkeypatch.setenv("MADKIT_PLUGINS", "clash")
-    with pytest.raises(PluginError, match=r"'clash'.*one-dist 1\.0 and two-dist 1\.0|'clash'.*two-dist 1\.0 and one-dist 1\.0"):
+    with pytest.raises(
+        PluginError, match=r"'clash'.*one-dist 1\.0 and two-dist 1\.0|'clash'.*two-dist 1\.0 and one-dist 1\.0"
+    ):
         Registry.load()
 
 
 def test_plugin_raising_while_registering_is_named(plugin_site, monkeypatch):
     body = 'raise RuntimeError("no GPU driver found")'
-    plugin_site.install("broken-dist", "0.3", {"broken": "broken_plugin"}, {"broken_plugin.py": plugin_module("x", body=body)})
+    plugin_site.install(
+        "broken-dist", "0.3", {"broken": "broken_plugin"}, {"broken_plugin.py": plugin_module("x", body=body)}
+    )
     monkeypatch.setenv("MADKIT_PLUGINS", "broken")
     with pytest.raises(PluginError) as info:
         Registry.load()
-    assert "plugin 'broken' (broken-dist 0.3) failed while registering: RuntimeError: no GPU driver found" in str(info.value)
+    assert "plugin 'broken' (broken-dist 0.3) failed while registering: RuntimeError: no GPU driver found" in str(
+        info.value
+    )
     assert any("madkit plugin 'broken'" in note for note in info.value.__cause__.__notes__)
 
 
@@ -140,7 +148,9 @@ def test_autoload_can_be_disabled(plugin_site, monkeypatch, value):
 
 def test_madkit_plugins_loads_only_the_named_plugins(plugin_site, monkeypatch):
     for name in ("a", "b", "c"):
-        plugin_site.install(f"dist-{name}", "1.0", {name: f"{name}_plugin"}, {f"{name}_plugin.py": plugin_module(f"test-{name}")})
+        plugin_site.install(
+            f"dist-{name}", "1.0", {name: f"{name}_plugin"}, {f"{name}_plugin.py": plugin_module(f"test-{name}")}
+        )
     monkeypatch.setenv("MADKIT_PLUGINS", " a, b ")
     registry = Registry.load()
     assert set(registry.plugins) == {"a", "b"}
@@ -186,7 +196,9 @@ def test_same_kind_name_under_two_interfaces_is_fine():
 
 
 def test_unknown_interface_is_refused():
-    with pytest.raises(PluginError, match=r"plugin 'typo' registered 'x' for unknown interface 'partitoner'; interfaces: partitioner"):
+    with pytest.raises(
+        PluginError, match=r"plugin 'typo' registered 'x' for unknown interface 'partitoner'; interfaces: partitioner"
+    ):
         Registry().add_plugin(HandPlugin("partitoner", "x", GoodConfig), "typo")
 
 

@@ -86,7 +86,10 @@ ERROR_CASES = {
         "train.zzz: unknown key; allowed keys: steps, batch, micro_batch",
     ),
     "unknown top-level key": (VALID.replace("seed = 3", "sede = 3"), "sede: unknown key; did you mean 'seed'?"),
-    "float where an int belongs": (VALID.replace("steps = 5", "steps = 1.7"), "train.steps: expected int, got float 1.7"),
+    "float where an int belongs": (
+        VALID.replace("steps = 5", "steps = 1.7"),
+        "train.steps: expected int, got float 1.7",
+    ),
     "string 'false' where a bool belongs": (
         VALID + 'compile = "false"\n',
         "train.compile: expected bool, got str 'false'",
@@ -102,7 +105,7 @@ ERROR_CASES = {
         "model.partitioner.tile: expected an array of 2 items, got 3: [4, 4, 4]",
     ),
     "wrong type inside an array": (
-        VALID + "betas = [0.9, \"high\"]\n",
+        VALID + 'betas = [0.9, "high"]\n',
         "train.betas[1]: expected float, got str 'high'",
     ),
     "scalar where a table belongs": ("train = 3\n" + VALID.split("[train]")[0], "train: expected a table, got int 3"),
@@ -115,7 +118,10 @@ ERROR_CASES = {
         VALID.replace('kind = "test-blank"', "classes = 2"),
         "data.kind: missing; choose one of the installed data kinds: test-blank",
     ),
-    "kind that is not a string": (VALID.replace('kind = "test-euler"', "kind = 4"), "sampler.kind: expected a string, got int"),
+    "kind that is not a string": (
+        VALID.replace('kind = "test-euler"', "kind = 4"),
+        "sampler.kind: expected a string, got int",
+    ),
     "missing required key": (VALID.replace("size = 16", "classes = 2"), "data.size: required key is missing"),
     "missing required table": (
         re.sub(r"\[model\].*?(?=\[log\])", "", VALID, flags=re.S),
@@ -193,7 +199,9 @@ def test_extends_with_the_same_kind_merges_the_table(tmp_path, fake_registry):
 def test_extends_with_another_kind_replaces_the_table(tmp_path, fake_registry):
     # a raster partitioner must not inherit the tiles partitioner's `tile` key
     write(tmp_path, "base.toml", VALID)
-    child = write(tmp_path, "child.toml", 'extends = "base.toml"\n[model.partitioner]\nkind = "raster"\nblock_len = 16\n')
+    child = write(
+        tmp_path, "child.toml", 'extends = "base.toml"\n[model.partitioner]\nkind = "raster"\nblock_len = 16\n'
+    )
     loaded = load_spec(child, registry=fake_registry)
     assert loaded.raw["model"]["partitioner"] == {"kind": "raster", "block_len": 16}
 
@@ -227,7 +235,14 @@ def test_missing_file_and_bad_toml_are_one_line_each(tmp_path, fake_registry):
 
 # --------------------------------------------------------------------------- --set
 def test_set_takes_toml_values(tmp_path, fake_registry):
-    sets = ["train.steps=7", "train.lr=1e-3", "train.compile=true", "log.sinks=[]", 'name="quoted name"', "train.betas=[0.8, 0.9]"]
+    sets = [
+        "train.steps=7",
+        "train.lr=1e-3",
+        "train.compile=true",
+        "log.sinks=[]",
+        'name="quoted name"',
+        "train.betas=[0.8, 0.9]",
+    ]
     spec = load_spec(write(tmp_path, "ok.toml", VALID), sets, fake_registry).spec
     assert (spec.train.steps, spec.train.lr, spec.train.compile) == (7, 1e-3, True)
     assert (spec.log.sinks, spec.name, spec.train.betas) == ([], "quoted name", (0.8, 0.9))
