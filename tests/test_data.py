@@ -361,3 +361,22 @@ def test_webdataset_validation(tmp_path):
 def test_plugin_registers_every_source(fake_registry):
     fake_registry.add_plugin(madkit_data.plugin, PluginInfo("data", "madkit", "(source)"))
     assert {"openmoji", "folder", "hf-disk", "webdataset"} <= set(fake_registry.kinds("data"))
+
+
+def test_webdataset_shuffle_is_seeded_per_pass_and_reads_every_shard(tmp_path):
+    pytest.importorskip("webdataset")
+    from madkit_data.webdataset_source import WebDatasetConfig
+
+    for s in range(4):
+        write_shard(tmp_path / f"s-{s}.tar", [(f"k{s}{i}", png_bytes((s * 60, i * 60, 0)), s) for i in range(4)])
+    config = WebDatasetConfig(
+        shards=str(tmp_path / "s-{0..3}.tar"), image_key="png", class_key="cls", classes=4, resolution=2, shuffle=8
+    )
+
+    def passes(dataset, n):
+        return [[(round(float(x[0, 0, 0]), 3), round(float(x[1, 0, 0]), 3)) for x, _ in dataset] for _ in range(n)]
+
+    first, second = passes(config.build().dataset(), 2), passes(config.build().dataset(), 2)
+    assert first == second  # another rank (or run) sees the same order
+    assert first[0] != first[1]  # and each pass is shuffled anew
+    assert sorted(first[0]) == sorted(first[1]) and len(set(first[0])) == 16  # every image, once per pass

@@ -2,15 +2,21 @@
 
 A sample is the files of one tar sharing a key (``00042.webp``, ``00042.cls``). The image is the
 first of the ``image_key`` extensions the sample has; the label is the integer text stored under
-``class_key``. Shards are split across DDP ranks and DataLoader workers, so every image is seen
-once per epoch. The dataset is iterable: it has no length, and a bad image is dropped (``skip``),
+``class_key``. The dataset is iterable: it has no length, and a bad image is dropped (``skip``),
 not replaced.
+
+Every process reads the same stream: madkit's trainer gives rank r every W-th item of it, so the
+shards are NOT split across DDP ranks here (that would hand each rank 1/W of 1/W). DataLoader
+workers, by contrast, split the shards among themselves, so a worker pool reads each shard once.
+Shuffling is seeded by (``shuffle_seed``, pass number), hence identical on every rank and new on
+every pass over the data.
 
 Needs the optional ``webdataset`` package: ``pip install 'madkit[webdataset]'``.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -36,6 +42,7 @@ class WebDatasetConfig:
     class_key: str = ""  # e.g. "cls"; empty: unconditional
     classes: int = attrs.field(default=0, validator=_non_negative)  # number of classes; needed with class_key
     shuffle: int = attrs.field(default=0, validator=_non_negative)  # sample shuffle buffer; 0 = shard order
+    shuffle_seed: int = 0  # the same on every rank, so ranks agree on the order
     resolution: int = resolution_field(256)
     crop: str = crop_field()
     hflip: bool = hflip_field()
@@ -112,18 +119,20 @@ class WebDatasetImages(IterableDataset):
         self.transform, self.augment = source.transform, augment
         self.skips: SkipLog = source.skips
         self.image_keys = [k.strip().lower() for k in self.config.image_key.split(";") if k.strip()]
+        self.passes = 0  # completed or started passes over the data: the shuffle's epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         wds = import_webdataset()
+        urls, epoch_seed = list(self.urls), self.config.shuffle_seed * 1_000_003 + self.passes
+        self.passes += 1
+        if self.config.shuffle:
+            random.Random(epoch_seed).shuffle(urls)
         stream = wds.WebDataset(
-            self.urls,
-            shardshuffle=100 if self.config.shuffle else False,
-            nodesplitter=wds.split_by_node,
-            workersplitter=wds.split_by_worker,
-            empty_check=False,
+            urls, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker, empty_check=False
         )
         if self.config.shuffle:
-            stream = stream.shuffle(self.config.shuffle)
+            # detshuffle seeds its generator with seed + (its own pass count, 0 for a fresh stage)
+            stream = stream.compose(wds.detshuffle(self.config.shuffle, seed=epoch_seed))
         for sample in stream:
             try:
                 image = decode_image(self._image_bytes(sample), self._name(sample))
