@@ -77,11 +77,17 @@ def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: t
         clean_tokens, _ = model.embed_blocks(clean, torch.zeros(n, j, device=xt.device))
     else:
         clean_tokens = xt.new_zeros(n, 0, model.B, model.cfg.width)
-    noised_in = model.shifted(clean_tokens, [j])
+    # One stream: block j's AR layers attend the earlier noised blocks, so they join the sequence; the
+    # diffusion layers are intra-block there, so what noise those earlier blocks carry does not matter.
+    ids = list(range(j + 1)) if model.single_stream else [j]
+    noised_in = model.shifted(clean_tokens, ids)
     xt_tokens, aux = model.embed_blocks(xt[:, None], mt[:, None])
+    reps = len(ids)
     tc = 0 if model.single_stream else j
-    out, _ = model.trunk(ctx, clean_tokens[:, :tc], noised_in, [j], xt_tokens, mt[:, None])
-    return model.unembed_blocks(out, mt[:, None], aux)[:, 0]
+    out, _ = model.trunk(
+        ctx, clean_tokens[:, :tc], noised_in, ids, xt_tokens.expand(-1, reps, -1, -1), mt[:, None].expand(-1, reps)
+    )
+    return model.unembed_blocks(out[:, -1:], mt[:, None], aux)[:, 0]
 
 
 def per_image_noise(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
