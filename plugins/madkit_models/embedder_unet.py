@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import attrs
 import torch
-from diffusers.models.unets.unet_2d_blocks import AttnDownBlock2D, AttnUpBlock2D, DownBlock2D, UpBlock2D
 from einops import rearrange
 from torch import nn
 
@@ -49,15 +48,23 @@ def _time_mlp(temb: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(1, temb, bias=False), nn.SiLU(), nn.Linear(temb, temb, bias=False))
 
 
+def _diffusers_blocks():
+    # imported on first build: diffusers costs seconds to import, and listing plugins needs none of it
+    from diffusers.models.unets import unet_2d_blocks
+
+    return unet_2d_blocks
+
+
 class UNetDown(nn.Module):
     def __init__(self, cfg: UNetEmbedderConfig, latent_channels: int, width: int):
         super().__init__()
+        blocks = _diffusers_blocks()
         c0, c1 = cfg.channels
         common = dict(temb_channels=cfg.temb, num_layers=cfg.down_layers, resnet_groups=cfg.groups)
         self.time = _time_mlp(cfg.temb)
         self.conv_in = nn.Conv2d(latent_channels, c0, 3, padding=1)
-        self.block1 = DownBlock2D(in_channels=c0, out_channels=c0, add_downsample=True, downsample_padding=1, **common)
-        self.block2 = AttnDownBlock2D(
+        self.block1 = blocks.DownBlock2D(in_channels=c0, out_channels=c0, add_downsample=True, downsample_padding=1, **common)
+        self.block2 = blocks.AttnDownBlock2D(
             in_channels=c0, out_channels=c1, attention_head_dim=cfg.attention_head_dim, downsample_type=None, **common
         )
         self.conv_out = nn.Conv2d(c1, width, 3, padding=1)
@@ -77,15 +84,16 @@ class UNetDown(nn.Module):
 class UNetUp(nn.Module):
     def __init__(self, cfg: UNetEmbedderConfig, latent_channels: int, width: int):
         super().__init__()
+        blocks = _diffusers_blocks()
         c0, c1 = cfg.channels
         common = dict(temb_channels=cfg.temb, num_layers=cfg.up_layers, resnet_groups=cfg.groups)
         self.time = _time_mlp(cfg.temb)
         self.conv_in = nn.Conv2d(width, c1, 3, padding=1)
-        self.block1 = AttnUpBlock2D(
+        self.block1 = blocks.AttnUpBlock2D(
             in_channels=c0, prev_output_channel=c1, out_channels=c1, attention_head_dim=cfg.attention_head_dim,
             upsample_type="conv", **common,
         )
-        self.block2 = UpBlock2D(in_channels=c0, prev_output_channel=c1, out_channels=c0, add_upsample=False, **common)
+        self.block2 = blocks.UpBlock2D(in_channels=c0, prev_output_channel=c1, out_channels=c0, add_upsample=False, **common)
         self.conv_out = nn.Conv2d(c0, latent_channels, 3, padding=1)
         self.layers_per_block = cfg.up_layers
 
