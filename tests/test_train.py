@@ -276,3 +276,21 @@ def test_latent_cache_feeds_the_same_training(tmp_path, registry):
     assert list(cache_root.glob("latents/*/meta.json")), "the cache folder was not written"
     a, b = weights(fly.checkpoint), weights(cached.checkpoint)
     assert all(torch.allclose(a[k], b[k], atol=1e-3) for k in a)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_fp32_weights(tmp_path, registry, precision):
+    result = run(tmp_path, registry, precision, train={"steps": 2, "precision": precision})
+    assert math.isfinite(result.metrics["loss"])
+    assert all(t.dtype == torch.float32 for t in weights(result.checkpoint).values())
+    scaler = torch.load(result.checkpoint / "state.pt", weights_only=True)["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # a GradScaler only for fp16
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(tmp_path, registry):
+    eager = run(tmp_path, registry, "eager", train={"steps": 2})
+    compiled = run(tmp_path, registry, "compiled", train={"steps": 2, "compile": True})
+    a, b = weights(eager.checkpoint), weights(compiled.checkpoint)
+    assert a.keys() == b.keys()  # no _orig_mod in the names
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

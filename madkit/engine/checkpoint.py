@@ -217,7 +217,7 @@ def check_compatible(
     want = stored_shapes(ckpt)
     missing = sorted(set(have) - set(want))
     unexpected = sorted(set(want) - set(have))
-    reshaped = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    reshaped = [k for k in have if k in want and have[k] != want[k]]  # in the model's own order
     if not (missing or unexpected or reshaped):
         return
     lines = [f"checkpoint {ckpt} does not fit the model built from {spec_source}:"]
