@@ -161,3 +161,12 @@ def test_sigkill_never_leaves_an_unloadable_latest_checkpoint(tmp_path, registry
     assert ckpt.latest_checkpoint(out).name == f"{steps:08d}"
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, steps + 1))
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_running_a_finished_run_again_changes_nothing(tmp_path, registry):
+    spec = fakes.write_spec(tmp_path, train={"steps": 2})
+    first = train(fakes.load(spec, registry), registry, tmp_path / "run")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "checkpoints").rglob("*")}
+    again = train(fakes.load(spec, registry), registry, tmp_path / "run")
+    assert (again.step, again.checkpoint, again.samples) == (2, first.checkpoint, first.samples)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "checkpoints").rglob("*")} == before

@@ -174,6 +174,8 @@ class Trainer:
         try:
             if self.step >= end:
                 self.reporter.say(f"{self.run_dir.root}: already trained to step {self.step}; nothing to do")
+                grid = self.run_dir.sample_grid(self.step)
+                self.latest_samples = grid if self.env.is_main and grid.is_file() else None
             else:
                 self.reporter.say(self._banner(end))
                 record = self._loop(end)
