@@ -9,7 +9,7 @@ Every helper here is a no-op (or the identity) in a single process.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import torch
@@ -88,6 +88,26 @@ def broadcast_object(env: DistEnv, obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def decide_on_main(env: DistEnv, decide: Callable[[], Any]) -> Any:
+    """Run ``decide()`` on rank 0 and hand its result to every rank.
+
+    If it raises, rank 0 re-raises and every other rank raises a RuntimeError with its message,
+    so no rank is left waiting in a collective for an answer that will never come.
+    """
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = decide()
+        except Exception as exc:
+            error = exc
+    outcome = broadcast_object(env, (result, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    if outcome[1] is not None:
+        raise RuntimeError(f"rank 0 failed: {outcome[1]}")
+    return outcome[0]
 
 
 def gather_objects(env: DistEnv, obj: Any) -> list[Any]:

@@ -79,6 +79,9 @@ def train(loaded: LoadedSpec, registry, out: str | Path, stop_after: int | None 
 
 
 class Trainer:
+    """One training run on one rank. Construction checks every input, restores a checkpoint when
+    resuming and only then prepares the run folder; ``run()`` trains."""
+
     def __init__(self, loaded: LoadedSpec, registry, out: Path, env: distributed.DistEnv):
         spec, cfg = loaded.spec, loaded.spec.train
         self.loaded, self.spec, self.cfg, self.env = loaded, spec, cfg, env
@@ -88,36 +91,54 @@ class Trainer:
         rng.seed_globals(spec.seed, env.rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.plan = batches.BatchPlan.make(cfg.batch, cfg.micro_batch, env.world_size)
+        self.versions = collect_versions(registry)
+        state = self._build_and_check(registry)
+        self._prepare_training(state)
+        self.latest_ckpt: Path | None = self.ckpt
+        self.latest_samples: Path | None = None
 
-        # ---- build and check every input before anything is written
+        # inputs are good: only now the run folder
+        if env.is_main:
+            self.run_dir.prepare(loaded.to_toml(), self.versions, self.step)
+        sinks = build_sinks(spec.log.sinks, registry, self.run_dir.root) if env.is_main else []
+        self.reporter = Reporter(env.is_main, self.run_dir.metrics, sinks, cfg.steps, self.step, spec.log.progress)
+        distributed.barrier(env)
+
+    def _build_and_check(self, registry) -> dict[str, Any] | None:
+        """Build the experiment and its data, find the checkpoint to resume; returns its state."""
+        spec, env = self.spec, self.env
         self.experiment = build_experiment(spec, registry, device=str(self.device))
         self.model = self.experiment.model
         self.model_kind = registry.kind_of("model", spec.model)
         self.codec = self.experiment.codec.to(self.device)
         # a missing dataset raises here, with its data source's message
-        self.data = training_data(self.experiment, self.codec, cfg, env, spec.seed, spec.log.progress)
+        self.data = training_data(self.experiment, self.codec, self.cfg, env, spec.seed, spec.log.progress)
         self.dataset_len = batches.dataset_length(self.data.dataset)
-        ckpt = distributed.broadcast_object(env, self._resume_target() if env.is_main else None)
+        ckpt = distributed.decide_on_main(env, self._resume_target)
         self.ckpt = Path(ckpt) if ckpt else None
+        if self.ckpt is None:
+            return None
         # on the CPU: RNG states must stay there, and the optimizer moves its state to the parameters
-        state = checkpoint.load_state(self.ckpt, "cpu") if self.ckpt else None
-        if state is not None:
-            checkpoint.check_compatible(self.ckpt, self.model, loaded.raw, loaded.source, state.get("spec", {}))
+        state = checkpoint.load_state(self.ckpt, "cpu")
+        checkpoint.check_compatible(self.ckpt, self.model, self.loaded.raw, self.loaded.source, state.get("spec", {}))
+        return state
 
-        # ---- model, EMA, optimizer, restored when resuming
+    def _prepare_training(self, state: dict[str, Any] | None) -> None:
+        """Weights, EMA, model options, DDP, optimizer and position; restored from ``state`` if given."""
+        cfg, env = self.cfg, self.env
         if state is not None:
             checkpoint.load_unwrapped(self.model, checkpoint.load_weights(self.ckpt, False, self.device))
         self.model.train()
+        # the EMA copies the model before compilation: a copy would otherwise call the original's graphs
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if env.is_main else None
         if state is not None and self.ema is not None:
-            ema_weights = checkpoint.load_weights(self.ckpt, True, self.device)
-            self.ema.load_state_dict(ema_weights, state["ema"]["updates"])
+            self.ema.load_state_dict(checkpoint.load_weights(self.ckpt, True, self.device), state["ema"]["updates"])
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model, self.model_kind)
         if cfg.compile:
             compile_blocks(self.model)
         self.loss_module: torch.nn.Module = LossModule(self.model, self.experiment.schedule)
-        if env.distributed:
+        if env.distributed:  # DDP broadcasts rank 0's weights: every rank starts identical
             self.loss_module = DistributedDataParallel(
                 self.loss_module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -129,26 +150,15 @@ class Trainer:
         self.lr_schedule = LRSchedule.from_config(cfg)
         self.scaler = self.precision.grad_scaler()
         self.step, self.consumed = 0, 0
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            self.step, self.consumed = int(state["step"]), int(state["data"]["consumed"])
-            per_rank_rng = state.get("rng") or []
-            if env.rank < len(per_rank_rng):
-                rng.restore(per_rank_rng[env.rank])
-        self.versions = collect_versions(registry)
-        self.latest_ckpt: Path | None = self.ckpt
-        self.latest_samples: Path | None = None
-
-        # ---- inputs are good: now the run folder
-        if env.is_main:
-            self.run_dir.prepare(loaded.to_toml(), self.versions, self.step)
-        sinks = build_sinks(spec.log.sinks, registry, self.run_dir.root) if env.is_main else []
-        self.reporter = Reporter(
-            env.is_main, self.run_dir.metrics, sinks, cfg.steps, self.step, spec.log.progress
-        )
-        distributed.barrier(env)
+        if state is None:
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.consumed = int(state["step"]), int(state["data"]["consumed"])
+        per_rank_rng = state.get("rng") or []
+        if env.rank < len(per_rank_rng):  # a run resumed on more ranks seeds the new ones afresh
+            rng.restore(per_rank_rng[env.rank])
 
     # ------------------------------------------------------------------ resume
     def _resume_target(self) -> str | None:

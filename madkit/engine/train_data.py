@@ -50,19 +50,14 @@ def training_data(experiment, codec, cfg, env: distributed.DistEnv, seed: int, p
             progress=progress and env.is_main,
         )
 
-    # rank 0 encodes; the others wait, then find the finished folder. A failure on rank 0 is passed
-    # on, so no rank is left waiting in a barrier for a cache that will never come.
-    dataset, error = None, None
-    if env.is_main:
-        try:
-            dataset = build()
-        except Exception as exc:
-            error = exc
-    message = distributed.broadcast_object(env, None if error is None else f"{type(error).__name__}: {error}")
-    if error is not None:
-        raise error
-    if message is not None:
-        raise RuntimeError(f"rank 0 could not build the latent cache: {message}")
-    if not env.is_main:
-        dataset = build()
-    return TrainingData(dataset, True, f"latents cached in {dataset.directory}")
+    # rank 0 encodes; the others wait, then find the finished folder (a failure reaches every rank)
+    built: dict[str, Dataset] = {}
+
+    def encode_on_main() -> str:
+        built["dataset"] = build()
+        return str(built["dataset"].directory)
+
+    directory = distributed.decide_on_main(env, encode_on_main)
+    # the other ranks find the finished cache and read it
+    dataset = built["dataset"] if "dataset" in built else build()
+    return TrainingData(dataset, True, f"latents cached in {directory}")
