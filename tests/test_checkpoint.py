@@ -9,13 +9,13 @@ import signal
 import subprocess
 import time
 
+import engine_fakes as fakes
 import pytest
 import torch
+from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 from safetensors.torch import load_file
 from torch import nn
 
-import engine_fakes as fakes
-from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 from madkit.engine import checkpoint as ckpt
 from madkit.engine.run_dir import read_metrics
 from madkit.engine.train import train

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
 import tomllib
 
+import engine_fakes as fakes
 import pytest
 import torch
+from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch import nn
 
-import engine_fakes as fakes
-from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 from madkit.engine import batches
 from madkit.engine.checkpoint import latest_checkpoint
 from madkit.engine.ema import EMA
@@ -57,7 +58,7 @@ def test_lr_schedule_shape(kind, steps, warmup, decay_start):
     w = s.warmup_steps
     assert f[:w] == sorted(f[:w])  # warmup rises linearly
     after = f[w:]
-    assert all(a >= b for a, b in zip(after, after[1:]))  # never rises again
+    assert all(a >= b for a, b in itertools.pairwise(after))  # never rises again
     if kind == "constant":
         assert set(after) <= {1.0}
     if kind == "wsd" and after:
@@ -89,7 +90,7 @@ class _Mixed(nn.Module):
 
 
 def test_only_linear_and_conv_weights_decay():
-    decay, exempt, names = split_decay(_Mixed())
+    _, exempt, names = split_decay(_Mixed())
     assert names == ["lin.weight", "conv.weight"]
     assert len(exempt) == 8  # biases x3, norm weight and bias, embedding, token, skip.weight
     opt = build_optimizer(_Mixed(), TrainConfig(weight_decay=0.1, betas=(0.9, 0.95)))
@@ -201,7 +202,7 @@ def test_resume_is_exact(tmp_path, registry):
         assert torch.equal(pstate["exp_avg_sq"], sb["optimizer"]["state"][pid]["exp_avg_sq"])
     assert sa["data"] == sb["data"] == {"consumed": 16, "epoch": 0, "index": 16}
     # the resumed run's metrics continue the first part's and match the straight run's
-    loss = lambda r: [m["loss"] for m in read_metrics(r.run_dir / "metrics.jsonl")]  # noqa: E731
+    loss = lambda r: [m["loss"] for m in read_metrics(r.run_dir / "metrics.jsonl")]
     assert loss(resumed) == loss(straight)
 
 
@@ -259,6 +260,7 @@ def test_cli_run_prints_where_things_are(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert f"run folder: {out}" in proc.stdout

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
-
 import engine_fakes as fakes
+import pytest
 from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
+
 from madkit import cli
 from madkit.engine import checkpoint as ckpt
 from madkit.engine.run_dir import read_metrics

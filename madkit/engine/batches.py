@@ -14,7 +14,7 @@ and resuming skips the consumed items by reading past them.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import attrs
 import torch

@@ -205,7 +205,7 @@ def load_weights(ckpt: str | Path, use_ema: bool, device: torch.device | str = "
 def stored_shapes(ckpt: str | Path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes in ``model.safetensors`` without reading the data."""
     with safe_open(Path(ckpt) / MODEL_FILE, framework="pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (a safetensors handle, not a dict)
 
 
 def check_compatible(
@@ -268,9 +268,7 @@ def _plain(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- inference
-def load_for_inference(
-    run_dir_or_ckpt: str | Path, registry, use_ema: bool = True, device: torch.device | str = "cpu"
-):
+def load_for_inference(run_dir_or_ckpt: str | Path, registry, use_ema: bool = True, device: torch.device | str = "cpu"):
     """Rebuild a run's experiment from the spec stored in its checkpoint and load its weights.
 
     Returns ``(experiment, model)``; ``model`` (eval mode, on ``device``) is ``experiment.model``.

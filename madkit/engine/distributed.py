@@ -9,7 +9,8 @@ Every helper here is a no-op (or the identity) in a single process.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch
@@ -57,7 +58,6 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
 def setup(device_preference: str) -> DistEnv:
     """Join the torchrun process group when launched by torchrun; otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
     if world <= 1:
@@ -100,7 +100,7 @@ def decide_on_main(env: DistEnv, decide: Callable[[], Any]) -> Any:
     if env.is_main:
         try:
             result = decide()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (re-raised below, after the other ranks are told)
             error = exc
     outcome = broadcast_object(env, (result, None if error is None else f"{type(error).__name__}: {error}"))
     if error is not None:

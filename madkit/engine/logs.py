@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from madkit.interfaces import Sink
 from madkit.engine.run_dir import MetricsFile
+from madkit.interfaces import Sink
 
 
 def memory_gb(device: torch.device) -> float:

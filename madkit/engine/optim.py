@@ -13,7 +13,8 @@ store in checkpoints is there to say what was used, not to restore anything.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 import torch
@@ -67,9 +68,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     params = decay + exempt
     # the fused kernel updates every tensor in one launch; it needs all parameters on CUDA
     fused = all(p.is_cuda for p in params) and torch.cuda.is_available()
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None
-    )
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
 
 
 @attrs.frozen

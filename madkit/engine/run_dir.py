@@ -86,7 +86,7 @@ class MetricsFile:
     """Appends one JSON object per line, flushed at once (a killed run keeps what it logged)."""
 
     def __init__(self, path: Path):
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115  (open for the whole run; see close)
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}

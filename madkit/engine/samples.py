@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable, ContextManager
 
 import torch
 from torchvision.utils import make_grid, save_image
@@ -29,7 +30,7 @@ def sample_images(
     device: torch.device,
     batch: int,
     steps: int | None = None,
-    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """[num, 3, H, W] images in [-1, 1] from fixed per-image noise, generated ``batch`` at a time."""
     was_training = model.training

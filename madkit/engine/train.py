@@ -178,7 +178,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, stop_after: int | None = None) -> TrainResult:
-        cfg, env = self.cfg, self.env
+        cfg = self.cfg
         end = min(cfg.steps, stop_after) if stop_after else cfg.steps
         record: dict[str, Any] = {}
         try:

@@ -38,7 +38,9 @@ class TensorBoardSink(Sink):
     def log_image(self, step: int, tag: str, image_uint8_hwc) -> None:
         image = torch.as_tensor(image_uint8_hwc)
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"log_image expects uint8 [H, W, C] with C in 1, 3, 4; got {image.dtype} {tuple(image.shape)}")
+            raise ValueError(
+                f"log_image expects uint8 [H, W, C] with C in 1, 3, 4; got {image.dtype} {tuple(image.shape)}"
+            )
         self._writer.add_image(tag, image.numpy(), global_step=step, dataformats="HWC")
 
     def close(self) -> None:

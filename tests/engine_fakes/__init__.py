@@ -59,8 +59,9 @@ def one_thread():
 
 
 def make_registry() -> Registry:
-    from engine_fakes import plugin
     from madkit_sinks import plugin as sinks
+
+    from engine_fakes import plugin
 
     registry = Registry()
     registry.add_plugin(plugin, ENTRY_POINT)

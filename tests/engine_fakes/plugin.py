@@ -1,9 +1,8 @@
 """Registers the test-only kinds; every name starts with ``test-engine-`` so none can collide."""
 
-from madkit.hookspecs import hookimpl
-
 from engine_fakes.components import BlobsConfig, DDIMConfig, PoolCodecConfig, VPScheduleConfig
 from engine_fakes.model import TinyModelConfig
+from madkit.hookspecs import hookimpl
 
 
 @hookimpl
