@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from madkit.engine import rng
+from madkit.engine.generate import generate_images
 from madkit.interfaces import Codec, GenerativeModel, Sampler
 
 
-@torch.no_grad()
 def sample_images(
     model: GenerativeModel,
     sampler: Sampler,
@@ -27,26 +26,18 @@ def sample_images(
     num: int,
     seed: int,
     num_classes: int,
-    device: torch.device,
     batch: int,
     steps: int | None = None,
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
-    """[num, 3, H, W] images in [-1, 1] from fixed per-image noise, generated ``batch`` at a time."""
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        for start in range(0, num, batch):
-            idx = range(start, min(num, start + batch))
-            generators = [rng.generator(seed, "sample", i, device=device) for i in idx]
-            labels = torch.tensor([i % num_classes for i in idx], device=device) if num_classes else None
-            with autocast():
-                latents = model.generate(sampler, generators, labels=labels, steps=steps)
-            chunks.append(codec.decode(latents.float()).float().clamp(-1, 1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
+    """[num, 3, H, W] images in [-1, 1] from fixed per-image noise, generated ``batch`` at a time.
+
+    The images ``madkit sample --seed SEED`` makes for indices 0..num-1 from the same weights.
+    """
+    chunks = generate_images(
+        model, sampler, codec, range(num), seed, num_classes=num_classes, batch=batch, steps=steps, autocast=autocast
+    )
+    return torch.cat([images for _, images in chunks])
 
 
 def save_grid(images: torch.Tensor, path: Path) -> torch.Tensor:

@@ -365,7 +365,6 @@ class Trainer:
             num=self.cfg.sample_num,
             seed=self.spec.seed,
             num_classes=self.experiment.num_classes,
-            device=self.device,
             batch=self.plan.micro_batch,
             steps=self.cfg.sample_steps or None,
             autocast=self.precision.autocast,
