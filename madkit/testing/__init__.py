@@ -9,3 +9,4 @@
 from madkit.testing.partitioner import (  # noqa: F401
     InvalidPartitionCase, PartitionCase, PartitionerContract, divisors, grids, non_divisors,
 )
+from madkit.testing.diffusion import SamplerContract, ScheduleContract, exact_gaussian_denoiser  # noqa: F401

@@ -1,0 +1,1 @@
+"""Inference-side samplers, each backed by a real diffusers scheduler."""

@@ -1,0 +1,1 @@
+"""Training-side noise schedules: timesteps, noising, regression targets."""
