@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from functools import cached_property
 from typing import Any, Iterable, Protocol
 
+import attrs
+import numpy as np
 import torch
 from torch import nn
 
@@ -285,19 +287,63 @@ class GenerativeModel(nn.Module):
 
 # --------------------------------------------------------------------------- metrics and sinks
 class FeatureExtractor(ABC):
-    """Maps uint8 images [n, 3, H, W] to feature vectors [n, f]. Built with no runtime arguments."""
+    """Maps uint8 images [n, 3, H, W] (any H, W) to named features.
 
+    Built with ``data=`` the data config of the evaluation (an extractor trained on data, like the
+    offline proxy, uses it when its own config names no data; others ignore it).
+    """
+
+    # Names the network AND its weights ("inception-v3-compat", "openmoji-proxy-1a2b3c4d"); every
+    # metric result carries it, so a proxy FID is never mistaken for Inception FID.
     name: str
+    # What ``features`` returns: "pool" (the embedding FID, KID and PRC compare) and, for
+    # classifiers, "logits" (what the Inception Score reads).
+    roles: tuple[str, ...]
 
     @abstractmethod
-    def features(self, images_uint8: torch.Tensor) -> torch.Tensor: ...
+    def features(self, images_uint8: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 [n, 3, H, W] -> {role: float32 [n, f_role] on the CPU}."""
+
+
+@attrs.frozen
+class FeatureSet:
+    """One image set seen through one extractor: its features, or only their statistics.
+
+    ``features`` maps role -> float32 [n, f] (empty for a statistics file that kept no features);
+    ``stats`` holds (mu [f], sigma [f, f]) float64 of the "pool" features when they were loaded
+    rather than computed. ``content_hash`` identifies the uint8 pixels (sha256 over the images in order).
+    """
+
+    extractor: str
+    count: int
+    content_hash: str
+    source: str  # for humans: a folder, a stats file, a data source
+    features: dict[str, torch.Tensor] = attrs.Factory(dict)
+    stats: tuple[np.ndarray, np.ndarray] | None = None
+
+    def pool_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu [f], sigma [f, f]) in float64: the Gaussian FID fits (mean, unbiased covariance)."""
+        if self.stats is not None:
+            return self.stats
+        if "pool" not in self.features:
+            raise ValueError(f"{self.source}: no 'pool' features to compute statistics from")
+        if self.count < 2:
+            raise ValueError(f"{self.source}: statistics need at least 2 images, got {self.count}")
+        x = self.features["pool"].double().numpy()
+        return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))  # [1, 1] for one feature
 
 
 class Metric(ABC):
-    """A sample-quality metric. Built with ``extractor=FeatureExtractor``."""
+    """A sample-quality metric computed from features. Built with no runtime arguments."""
+
+    name: str
+    role: str = "pool"  # which extractor output it reads
+    needs_reference: bool = True
+    needs_reference_features: bool = False  # False: the reference's statistics suffice (FID)
 
     @abstractmethod
-    def compute(self, generated: torch.Tensor, reference: Any) -> dict[str, float]: ...
+    def compute(self, generated: FeatureSet, reference: FeatureSet | None) -> dict[str, float]:
+        """Result keys are the metric's own ("fid"; "kid", "kid_std"; ...); never the extractor's name."""
 
 
 class Sink(ABC):

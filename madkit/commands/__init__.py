@@ -3,7 +3,7 @@
 Modules are imported only when listed here; heavy imports (torch, diffusers) belong inside ``run``.
 """
 
-COMMAND_MODULES = ("plugins", "validate", "run", "flops", "sample")
+COMMAND_MODULES = ("plugins", "validate", "run", "flops", "sample", "fid_stats")
 
 
 class UsageError(Exception):
