@@ -38,8 +38,8 @@ def _how_to_provide() -> str:
 
     return (
         f"download {URL_INCEPTION_V3} on a machine with network access, copy it here, and set the "
-        f'extractor key weights = "/path/to/{URL_INCEPTION_V3.rsplit("/", 1)[-1]}" (or the environment '
-        f"variable {WEIGHTS_ENV}); "
+        f'extractor key weights = "/path/to/{URL_INCEPTION_V3.rsplit("/", 1)[-1]}" (madkit fid-stats: '
+        f"--extractor-set weights=/path/to/it; or the environment variable {WEIGHTS_ENV}); "
         f"without network, the 'proxy' extractor computes FID-style metrics offline (reported under its own name)"
     )
 
