@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -151,6 +152,14 @@ def test_stochastic_samplers_draw_their_noise_from_each_images_generator():
     a, b = final((1, 2)), final((1, 3))
     torch.testing.assert_close(a[0], b[0])
     assert not torch.allclose(a[1], b[1])
+
+
+def test_starting_a_run_raises_no_warning():
+    """diffusers' DPM-Solver set_timesteps trips a numpy DeprecationWarning; start() filters it."""
+    sampler = DPMSolverSamplerConfig().build(schedule=DDPMLinearConfig().build())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler.start(20)
 
 
 def test_more_steps_than_training_timesteps_is_refused():
