@@ -13,7 +13,6 @@ from madkit.registry import Registry
 class Experiment:
     spec: ExperimentSpec
     registry: Registry
-    codec: Codec
     model: GenerativeModel
     schedule: NoiseSchedule
     sampler: Sampler
@@ -21,6 +20,7 @@ class Experiment:
     latent_shape: tuple[int, int, int]
     num_classes: int
     _data: DataSource | None = None
+    _codec: Codec | None = None
 
     @property
     def data(self) -> DataSource:
@@ -29,9 +29,44 @@ class Experiment:
             self._data = self.spec.data.build()
         return self._data
 
+    @property
+    def codec(self) -> Codec:
+        """Built on first use: counting FLOPs must not need the VAE weights."""
+        if self._codec is None:
+            self._codec = self.spec.codec.build()
+        return self._codec
+
+    def generate(
+        self,
+        num: int,
+        steps: int | None = None,
+        seed: int = 0,
+        guidance: float | None = None,
+        batch: int = 16,
+        use_cache: bool = True,
+        model: GenerativeModel | None = None,
+        progress: bool = False,
+    ):
+        """Images [num, 3, H, W] in [-1, 1]; image i's noise comes from (seed, i)."""
+        import torch
+
+        from madkit.engine.generate import generate_images
+
+        model = model or self.model
+        device = next(model.parameters()).device
+        chunks = [
+            images
+            for _, images in generate_images(
+                model, self.sampler, self.codec.to(device), range(num), seed, num_classes=self.num_classes,
+                batch=batch, steps=steps, guidance=guidance, use_cache=use_cache, progress=progress,
+            )
+        ]
+        return torch.cat(chunks)
+
 
 def build_experiment(spec: ExperimentSpec, registry: Registry, device: str = "cpu", meta: bool = False) -> Experiment:
-    """Build codec, model, schedule and sampler. ``meta=True`` builds the model without memory."""
+    """Build the model, schedule and sampler (data and codec on first use). ``meta=True`` builds the
+    model on the meta device: shapes and parameter counts without memory."""
     context = spec_context(spec, registry)
     if "latent_shape" not in context:
         raise ValueError(
@@ -41,12 +76,9 @@ def build_experiment(spec: ExperimentSpec, registry: Registry, device: str = "cp
     image_shape, latent_shape = context["image_shape"], context["latent_shape"]
     schedule = spec.schedule.build()
     sampler = spec.sampler.build(schedule=schedule)
-    codec = spec.codec.build()
     with _device_context("meta" if meta else device):
         model = spec.model.build(latent_shape=latent_shape, num_classes=context["num_classes"], registry=registry)
-    return Experiment(
-        spec, registry, codec, model, schedule, sampler, image_shape, latent_shape, context["num_classes"]
-    )
+    return Experiment(spec, registry, model, schedule, sampler, image_shape, latent_shape, context["num_classes"])
 
 
 def _device_context(device: str):

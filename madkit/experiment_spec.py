@@ -137,8 +137,13 @@ def spec_context(spec: ExperimentSpec, registry: Registry) -> dict[str, Any]:
     return context
 
 
-def load_spec(path: str | Path, sets: list[str] | None = None, registry: Registry | None = None) -> LoadedSpec:
-    """Read, merge, structure and check a spec; raise ``SpecError`` with every problem found."""
+def load_spec(
+    path: str | Path, sets: list[str] | None = None, registry: Registry | None = None, check_data: bool = True
+) -> LoadedSpec:
+    """Read, merge, structure and check a spec; raise ``SpecError`` with every problem found.
+
+    ``check_data=False`` skips the checks of the ``[data]`` table, which read the data itself (paths,
+    columns, shards): for commands that never touch the data, such as ``madkit flops``."""
     registry = registry or Registry.load()
     try:
         raw, provenance = load_raw(path, sets, DEFAULTS)
@@ -150,7 +155,7 @@ def load_spec(path: str | Path, sets: list[str] | None = None, registry: Registr
     except Problems as exc:
         # Keep going: the cross-field checks of the parts that did structure belong in the same report.
         spec, problems = _structure_parts(conv, raw), list(exc.problems)
-    problems += _run_checks(spec, registry, partial=bool(problems))
+    problems += _run_checks(spec, registry, partial=bool(problems), skip=() if check_data else ("data",))
     if problems:
         raise SpecError(_render(problems, provenance))
     # the resolved spec, with every default spelled out, as plain data
@@ -172,13 +177,16 @@ def _structure_parts(conv, raw: dict[str, Any]) -> ExperimentSpec:
     return ExperimentSpec(**parts)
 
 
-def _run_checks(spec: ExperimentSpec, registry: Registry, partial: bool) -> list[StructureProblem]:
-    """Every config's ``check(context)``; with ``partial``, checks that trip over a broken part are skipped."""
+def _run_checks(
+    spec: ExperimentSpec, registry: Registry, partial: bool, skip: tuple[str, ...] = ()
+) -> list[StructureProblem]:
+    """Every config's ``check(context)``; with ``partial``, checks that trip over a broken part are skipped.
+    Configs under the top-level tables named in ``skip`` are not checked."""
     context = spec_context(spec, registry)
     problems: list[StructureProblem] = []
     for cpath, config in iter_configs(spec):
         check = getattr(config, "check", None)
-        if not callable(check):
+        if not callable(check) or cpath.split(".")[0].split("[")[0] in skip:
             continue
         try:
             for p in check(context):

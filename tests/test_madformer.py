@@ -204,3 +204,26 @@ def test_shared_towers_halve_the_layer_parameters():
     separate, shared = build("tiles"), build("tiles", shared_towers=True)
     count = lambda m: sum(p.numel() for p in m.layers.parameters())  # noqa: E731
     assert count(separate) == 2 * count(shared)
+
+
+@pytest.mark.parametrize("pattern", ["skip-causal", "intra-block", "causal"])
+@pytest.mark.parametrize("c", [0, 1])
+def test_closed_form_attention_pairs_match_the_mask(pattern, c):
+    from madkit_models.cost import attention_pairs, mask_pairs
+
+    B = 3
+    for T in (1, 2, 5):
+        for lo, hi, tc in ([(0, T, T - 1)] + [(j, j + 1, j) for j in range(T)]) if pattern != "causal" else [(0, T, 0)]:
+            for with_clean in (True, False):
+                streams, blocks, sizes = [], [], []
+                if with_clean and c:
+                    streams, blocks, sizes = [masks.CONTEXT], [-1], [c]
+                if with_clean:
+                    streams += [masks.CLEAN] * tc
+                    blocks += list(range(tc))
+                    sizes += [B] * tc
+                streams += [masks.NOISED] * (hi - lo)
+                blocks += list(range(lo, hi))
+                sizes += [B] * (hi - lo)
+                expected = mask_pairs(pattern, streams, blocks, sizes)
+                assert attention_pairs(pattern, B, c, tc, lo, hi, with_clean) == expected, (T, lo, hi, with_clean)

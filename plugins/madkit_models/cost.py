@@ -1,142 +1,165 @@
 """Exact analytic cost of a MADFormer: parameters, training FLOPs and sampling FLOPs per image.
 
 FLOPs count multiply-adds as 2. Linear layers: 2 * in * out per token. Attention: 4 * d per allowed
-(query, key) pair (scores and the weighted sum), counting only the pairs the mask allows. Embedder
-FLOPs are measured with torch's FlopCounterMode on meta tensors (convolutions and matmuls), so they
-follow torch's counting rules. Training = 3 x forward (backward ~ 2 x forward).
+(query, key) pair (scores and the weighted sum), counting only the pairs the mask allows, in closed
+form (tests check the closed forms against the mask itself). Embedder FLOPs are measured with torch's
+FlopCounterMode on the model's device (meta for ``madkit flops``: shapes only), so they follow torch's
+counting rules (convolutions and matmuls). Training = 3 x forward (backward ~ 2 x forward).
+
+A sequence is described as: c context tokens, clean blocks 0..tc-1 and noised blocks lo..hi-1, all
+blocks of B tokens; ``with_clean`` says whether the layer computes the context and clean tokens.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from madkit_layers.masks import CLEAN, CONTEXT, NOISED, allowed
+from madkit_layers.masks import CLEAN, NOISED, allowed
 
 
-def _linear_flops_per_token(module: torch.nn.Module, tower_only=None) -> int:
-    mods = tower_only if tower_only is not None else module
-    return sum(2 * m.in_features * m.out_features for m in mods.modules() if isinstance(m, torch.nn.Linear))
+def linear_flops_per_token(module: torch.nn.Module) -> int:
+    return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
-def _clean_flops_per_token(layer) -> int:
-    """The clean tower's linear FLOPs; only q/k/v in the last layer whose clean keys are read."""
-    tower = layer.clean
-    return _linear_flops_per_token(tower if layer.clean_output_needed else tower.qkv)
-
-
-def _pairs(pattern: str, q_segments, k_segments) -> int:
-    """Allowed pairs between segments [(stream, block, size)] under ``pattern``; block-granular rule."""
-    if pattern == "none" or not q_segments or not k_segments:
+def attention_pairs(pattern: str, B: int, c: int, tc: int, lo: int, hi: int, with_clean: bool) -> int:
+    """Allowed (query, key) pairs of one layer over the sequence described in the module docstring."""
+    if pattern == "none":
         return 0
-    qs, qb, qn = (torch.tensor(col) for col in zip(*q_segments))
-    ks, kb, kn = (torch.tensor(col) for col in zip(*k_segments))
-    ok = allowed(pattern, qs[:, None], qb[:, None], ks[None, :], kb[None, :])
-    return int((ok.long() * qn[:, None] * kn[None, :]).sum())
+    n = hi - lo
+    c_, tc_ = (c, tc) if with_clean else (0, 0)
+    # context queries see the context; clean block a sees the context and clean blocks <= a
+    clean_side = c_ * c_ + B * c_ * tc_ + B * B * tc_ * (tc_ + 1) // 2
+    if pattern == "intra-block":
+        return clean_side + n * B * B
+    if pattern == "skip-causal":
+        # noised block j sees the context, clean blocks < j (all present: j <= tc) and itself
+        sum_j = (lo + hi - 1) * n // 2 if with_clean else 0
+        return clean_side + B * c_ * n + B * B * sum_j + n * B * B
+    if pattern == "causal":
+        # one stream: noised block j sees the context and noised blocks lo..j
+        return c_ * c_ + B * c_ * n + B * B * n * (n + 1) // 2
+    raise ValueError(f"unknown attention pattern {pattern!r}")
 
 
-def _embedder_flops(model, blocks: int, unembed: bool = True) -> int:
-    """FLOPs of embedding (and unembedding) ``blocks`` blocks, measured on meta tensors."""
-    emb = model.embedder
-    device = model.boi.device  # meta for `madkit flops`: shapes only, no memory
-    cells = torch.zeros(blocks, model.B, emb.cell_dim, device=device, dtype=model.boi.dtype)
-    t = torch.zeros(blocks, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        tokens, aux = emb.embed(cells, t)
-        if unembed:
-            emb.unembed(tokens, t, aux)
-    return counter.get_total_flops()
+def mask_pairs(pattern: str, streams: list[int], blocks: list[int], sizes: list[int]) -> int:
+    """The same count from the mask rule itself, over segments (for cross-checks and small layouts)."""
+    s, b, n = torch.tensor(streams), torch.tensor(blocks), torch.tensor(sizes)
+    ok = allowed(pattern, s[:, None], b[:, None], s[None, :], b[None, :])
+    return int((ok.long() * n[:, None] * n[None, :]).sum())
 
 
-def _train_forward(model) -> tuple[int, int]:
-    """(forward FLOPs per image, effective sequence length) of the training pass."""
-    T, B, d = model.T, model.B, model.cfg.width
-    ctx = [(CONTEXT, -1, 1)] if model.has_context else []
-    tc = 0 if model.single_stream else T - 1
-    clean = ctx + [(CLEAN, b, B) for b in range(tc)]
-    noised = [(NOISED, j, B) for j in range(T)]
-    clean_tokens = sum(s for _, _, s in clean)
-    flops = 0
-    for i, layer in enumerate(model.layers):
-        with_clean = i <= model.last_clean_layer
-        per_token = _linear_flops_per_token(getattr(layer, "noised", layer))
-        seq_q = noised + (clean if with_clean else [])
-        flops += per_token * T * B
-        if with_clean:
-            flops += _clean_flops_per_token(layer) * clean_tokens
-        flops += 4 * d * _pairs(layer.pattern, seq_q, seq_q)
-    # embed: T-1 clean blocks + T noisy blocks; unembed: T blocks (+ T for the hidden loss)
-    embed_unembed = _embedder_flops(model, 1)
-    embed_only = _embedder_flops(model, 1, unembed=False)
-    hidden = model.cfg.hidden_loss_weight > 0
-    flops += (T - 1) * embed_only + T * embed_unembed + (T * (embed_unembed - embed_only) if hidden else 0)
-    if model.time is not None:
-        flops += T * _linear_flops_per_token(model.time)
-    return flops, clean_tokens + T * B
+class CostModel:
+    """Per-layer FLOPs of one model, computed once."""
 
+    def __init__(self, model):
+        self.m = model
+        self.T, self.B, self.d = model.T, model.B, model.cfg.width
+        self.c = 1 if model.has_context else 0
+        self.n_ar = model.first_diffusion
+        self.noised = [linear_flops_per_token(getattr(layer, "noised", layer)) for layer in model.layers]
+        self.clean = [
+            linear_flops_per_token(layer.clean if layer.clean_output_needed else layer.clean.qkv)
+            if hasattr(layer, "clean")
+            else 0
+            for layer in model.layers
+        ]
+        self.patterns = [layer.pattern for layer in model.layers]
+        self.embed = self._embedder_flops(unembed=False)
+        self.embed_unembed = self._embedder_flops(unembed=True)
+        self.time = linear_flops_per_token(model.time) if model.time is not None else 0
 
-def _sample(model, steps: int, cached: bool) -> dict[str, int]:
-    T, B, d = model.T, model.B, model.cfg.width
-    c = 1 if model.has_context else 0
-    n_ar, n_diff = model.first_diffusion, len(model.layers) - model.first_diffusion
-    embed_unembed, embed_only = _embedder_flops(model, 1), _embedder_flops(model, 1, unembed=False)
-    flops = layer_passes = 0
-    for j in range(T):
-        if cached:
-            keys = c + j * B + B  # cache (context + clean blocks < j) + own block
-            if j > 0 and not model.single_stream:  # clean pass for block j-1, once
-                flops += embed_only
-                for layer in model.layers[: model.last_clean_layer + 1]:
-                    flops += _clean_flops_per_token(layer) * B + 4 * d * B * (c + j * B)
-                    layer_passes += 1
-            elif j > 0:
-                flops += embed_only
-            for layer in model.layers[:n_ar]:  # AR pass, once
-                kv = B if layer.pattern == "intra-block" else keys
-                flops += _linear_flops_per_token(layer.noised) * B + 4 * d * B * kv
-                layer_passes += 1
-            for layer in model.layers[n_ar:]:  # every step
-                kv = 0 if layer.pattern == "none" else (B if layer.pattern == "intra-block" else keys)
-                flops += steps * (_linear_flops_per_token(getattr(layer, "noised", layer)) * B + 4 * d * B * kv)
-                layer_passes += steps
-            flops += steps * embed_unembed
-        else:
-            # the reference path: the whole prefix through every layer at every step
-            tc = 0 if model.single_stream else j
-            seq = ([(CONTEXT, -1, 1)] if c else []) + [(CLEAN, b, B) for b in range(tc)] + [(NOISED, j, B)]
-            per_step = (tc + 1) * embed_only + embed_unembed - embed_only
-            for i, layer in enumerate(model.layers):
-                with_clean = i <= model.last_clean_layer
-                q = seq if with_clean else seq[-1:]
-                tokens_clean = (c + tc * B) if with_clean else 0
-                per_step += _linear_flops_per_token(getattr(layer, "noised", layer)) * B
-                if with_clean and tokens_clean:
-                    per_step += _clean_flops_per_token(layer) * tokens_clean
-                per_step += 4 * d * _pairs(layer.pattern, q, q)
+    def _embedder_flops(self, unembed: bool) -> int:
+        m = self.m
+        device = m.boi.device
+        cells = torch.zeros(1, m.B, m.embedder.cell_dim, device=device, dtype=m.boi.dtype)
+        t = torch.zeros(1, device=device)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            tokens, aux = m.embedder.embed(cells, t)
+            if unembed:
+                m.embedder.unembed(tokens, t, aux)
+        return counter.get_total_flops()
+
+    def layer(self, i: int, tc: int, lo: int, hi: int) -> int:
+        """FLOPs of layer i over context + clean 0..tc-1 (if it runs them) + noised lo..hi-1."""
+        with_clean = i <= self.m.last_clean_layer
+        clean_tokens = (self.c + tc * self.B) if with_clean else 0
+        pairs = attention_pairs(self.patterns[i], self.B, self.c, tc, lo, hi, with_clean)
+        return self.noised[i] * (hi - lo) * self.B + self.clean[i] * clean_tokens + 4 * self.d * pairs
+
+    def train_forward(self) -> tuple[int, int]:
+        T, B = self.T, self.B
+        tc = 0 if self.m.single_stream else T - 1
+        flops = sum(self.layer(i, tc, 0, T) for i in range(len(self.patterns)))
+        hidden = self.m.cfg.hidden_loss_weight > 0
+        unembed = self.embed_unembed - self.embed
+        flops += (T - 1) * self.embed + T * self.embed_unembed + (T * unembed if hidden else 0) + T * self.time
+        return flops, self.c + tc * B + T * B
+
+    def sample_cached(self, steps: int) -> tuple[int, int]:
+        m, B, d, c = self.m, self.B, self.d, self.c
+        flops = passes = 0
+        for j in range(self.T):
+            keys = c + j * B + B  # the cache (context + clean or noised blocks < j) and the own block
+            if j > 0:
+                flops += self.embed  # clean block j-1 is embedded once
+                if not m.single_stream:  # its clean pass, once
+                    for i in range(m.last_clean_layer + 1):
+                        flops += self.clean[i] * B + 4 * d * B * (c + j * B)
+                        passes += 1
+            for i in range(self.n_ar):  # AR pass, once
+                kv = B if self.patterns[i] == "intra-block" else keys
+                flops += self.noised[i] * B + 4 * d * B * kv
+                passes += 1
+            for i in range(self.n_ar, len(self.patterns)):  # diffusion layers, every step
+                pattern = self.patterns[i]
+                kv = 0 if pattern == "none" else B if pattern in ("intra-block",) or m.single_stream else keys
+                flops += steps * (self.noised[i] * B + 4 * d * B * kv)
+                passes += steps
+            flops += steps * (self.embed_unembed + self.time)
+        return flops, passes
+
+    def sample_uncached(self, steps: int) -> tuple[int, int]:
+        """The reference path: the whole prefix through every layer at every step."""
+        m = self.m
+        flops = 0
+        for j in range(self.T):
+            tc, lo = (0, 0) if m.single_stream else (j, j)
+            embeds = (j if j else 0) * self.embed + self.embed_unembed
+            per_step = embeds + self.time + sum(self.layer(i, tc, lo, j + 1) for i in range(len(self.patterns)))
             flops += steps * per_step
-            layer_passes += steps * len(model.layers)
-        if model.time is not None:
-            flops += steps * _linear_flops_per_token(model.time)
-    return {"flops": flops, "layer_passes": layer_passes}
+        return flops, steps * self.T * len(self.patterns)
+
+
+@lru_cache(maxsize=None)
+def _nominal_fraction(T: int, two_streams: bool) -> float:
+    """Allowed fraction of the paper's nominal layout (clean 0..T-1, noised 0..T-1), per block."""
+    if two_streams:
+        pairs = attention_pairs("skip-causal", 1, 0, T, 0, T, True)
+        return pairs / (2 * T) ** 2
+    return attention_pairs("causal", 1, 0, 0, 0, T, True) / T**2
 
 
 def model_cost(model, steps: int) -> dict:
-    layers = sum(p.numel() for p in model.layers.parameters())
+    cost = CostModel(model)
     emb = model.embedder
-    breakdown = {"transformer": layers, "embedder": sum(p.numel() for p in emb.parameters()), "boi": model.boi.numel()}
+    breakdown = {
+        "transformer": sum(p.numel() for p in model.layers.parameters()),
+        "embedder": sum(p.numel() for p in emb.parameters()),
+        "boi": model.boi.numel(),
+    }
     if hasattr(emb, "down"):
         breakdown.update(
             embedder_down=sum(p.numel() for p in emb.down.parameters()),
             embedder_up=sum(p.numel() for p in emb.up.parameters()),
         )
-    fwd, eff_len = _train_forward(model)
+    fwd, computed_len = cost.train_forward()
+    cached, passes = cost.sample_cached(steps)
+    uncached, passes_uncached = cost.sample_uncached(steps)
     T, B = model.T, model.B
-    # the nominal layout of the paper: clean blocks 0..T-1 then noised 0..T-1 (one stream if no clean tower)
-    full = ([] if model.single_stream else [(CLEAN, b, B) for b in range(T)]) + [(NOISED, j, B) for j in range(T)]
-    pattern = "causal" if model.single_stream else "skip-causal"
-    nominal = sum(s for _, _, s in full)
-    cached, uncached = _sample(model, steps, True), _sample(model, steps, False)
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "parameters_breakdown": breakdown,
@@ -144,15 +167,19 @@ def model_cost(model, steps: int) -> dict:
         "tokens_per_block": B,
         "depth": len(model.layers),
         "diffusion_depth": len(model.layers) - model.first_diffusion,
-        "train_sequence_length": nominal,
-        "train_sequence_length_computed": eff_len,
-        "attention_allowed_fraction": _pairs(pattern, full, full) / nominal**2,
+        # the paper's layout (clean 0..T-1 + noised 0..T-1); "computed" drops what nobody attends
+        "train_sequence_length": (1 if model.single_stream else 2) * T * B,
+        "train_sequence_length_computed": computed_len,
+        "attention_allowed_fraction": _nominal_fraction(T, not model.single_stream),
         "train_forward_flops_per_image": fwd,
         "train_flops_per_image": 3 * fwd,
         "steps": steps,
         "nfe": steps * T,
-        "layer_passes": cached["layer_passes"],
-        "sample_flops_per_image": cached["flops"],
-        "sample_flops_per_image_uncached": uncached["flops"],
-        "layer_passes_uncached": uncached["layer_passes"],
+        "layer_passes": passes,
+        "sample_flops_per_image": cached,
+        "layer_passes_uncached": passes_uncached,
+        "sample_flops_per_image_uncached": uncached,
     }
+
+
+__all__ = ["attention_pairs", "mask_pairs", "model_cost", "CLEAN", "NOISED"]
