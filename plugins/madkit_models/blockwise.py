@@ -129,8 +129,7 @@ def generate_blocks(model, sampler, generators, labels=None, steps=None, guidanc
                 prefix = [torch.cat([b, b]) if use_cfg else b for b in blocks]
                 out = uncached_predict(model, ctx, prefix, j, x_in, mt)
             if use_cfg:
-                c, u = out.chunk(2)
-                out = u + guidance * (c - u)
+                out = sampler.apply_guidance(*out.chunk(2), scale=guidance)
             x = run.step(out.float(), t, x, generators)
         blocks.append(x)
     return torch.stack(blocks, dim=1)
