@@ -3,7 +3,7 @@
 Modules are imported only when listed here; heavy imports (torch, diffusers) belong inside ``run``.
 """
 
-COMMAND_MODULES = ("plugins", "validate", "run", "flops", "sample", "fid_stats")
+COMMAND_MODULES = ("plugins", "validate", "run", "flops", "sample", "fid_stats", "eval", "sweep", "report")
 
 
 class UsageError(Exception):

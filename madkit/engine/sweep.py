@@ -1,0 +1,473 @@
+"""Evaluating trained checkpoints: one point (``madkit eval``), a grid of step counts or a compute
+budget (``madkit sweep``), the sweep's CSV and its FID-versus-compute figure.
+
+A *point* is a checkpoint (EMA or raw weights) sampled with one sampler at one step count. Evaluating
+it generates ``num`` images (image i from the seed pair (seed, i), so batch size and sharding never
+change an image), embeds them with a feature extractor, and compares them with a reference:
+
+    RUN/eval/<name>.json          the metric values by name ("fid": 12.3), "extractor", and everything
+                                  needed to reproduce them (checkpoint, weights, sampler, steps, seed,
+                                  num, reference and its content hash, cost, versions)
+    RUN/eval/<name>.parts/        with --shard i/k only: shard-<i>-of-<k>.pt, each shard's features;
+                                  the shard that completes the set writes <name>.json
+
+A sweep evaluates points for each run x step count (or, under a FLOPs budget, at the largest step
+count that fits) and writes ``sweep.csv`` and ``sweep.png``: metric against sampling FLOPs per image,
+one curve per model, as in the paper's Figure 4.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+import madkit
+from madkit.engine.checkpoint import load_for_inference, resolve_checkpoint
+from madkit.engine.evaluate import extract, reference_images, resolve_extractor, resolve_metrics, to_uint8
+from madkit.engine.generate import generate_images, shard_indices
+from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
+from madkit.registry import Registry
+
+EVAL_DIR = "eval"
+COST_KEYS = ("nfe", "layer_passes", "sample_flops_per_image")
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _log(message: str) -> None:
+    print(f"madkit: {message}", file=sys.stderr)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- what is evaluated
+@attrs.frozen
+class Request:
+    """How to sample and measure; the same for every point of a sweep."""
+
+    num: int  # images to generate
+    seed: int = 0
+    sampler: str | None = None  # sampler kind; None = the run's own
+    guidance: float | None = None  # None = the sampler's (1.0 = off)
+    use_ema: bool = True
+    batch: int = 16  # images per forward pass and per extractor call (changes no image)
+    metrics: tuple[str, ...] = ("fid",)
+    extractor: dict[str, Any] | None = None  # {"kind": ..., more keys}; None = the data's default
+    reference: str | None = None  # folder, .npz or .toml; None = the run's own [data]
+    num_reference: int = 0  # a seeded subset of a data-source reference; 0 = all of it
+
+
+@attrs.define
+class LoadedRun:
+    """A checkpoint rebuilt for sampling, with what its records need."""
+
+    checkpoint: Path
+    run_dir: Path
+    step: int
+    experiment: Any  # madkit.build.Experiment
+    model: GenerativeModel
+    weights: str  # "ema" | "raw"
+
+    @property
+    def data(self) -> Any:
+        return self.experiment.spec.data
+
+    def cost(self, steps: int) -> dict[str, Any] | None:
+        """The model's analytic cost at ``steps`` (None for models that do not report one)."""
+        try:
+            return self.model.compute_cost(steps)
+        except NotImplementedError:
+            return None
+
+
+def load_run(path: str | Path, registry: Registry, use_ema: bool, device: torch.device | str) -> LoadedRun:
+    """A run folder (its latest checkpoint) or a checkpoint folder, loaded for inference."""
+    ckpt = resolve_checkpoint(path)
+    experiment, model = load_for_inference(ckpt, registry, use_ema=use_ema, device=device)
+    # RUN/checkpoints/<step>/: records go to RUN/eval; a loose checkpoint folder keeps its own eval/
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+    return LoadedRun(ckpt, run_dir, int(ckpt.name) if ckpt.name.isdigit() else 0, experiment, model,
+                     "ema" if use_ema else "raw")
+
+
+def point_name(run: LoadedRun, request: Request, sampler: str, steps: int, extractor_kind: str) -> str:
+    """e.g. ``00002000-ema-ddim-s8-n1000-seed0-proxy``: the settings that decide the images and features."""
+    name = f"{run.step:08d}-{run.weights}-{sampler}-s{steps}-n{request.num}-seed{request.seed}-{extractor_kind}"
+    return name if request.guidance is None else f"{name}-g{request.guidance:g}"
+
+
+# --------------------------------------------------------------------------- the evaluator
+class Evaluator:
+    """Evaluates points, keeping built extractors, metrics and reference features between them (a
+    sweep embeds its reference once, not once per point)."""
+
+    def __init__(self, registry: Registry, request: Request, log: Callable[[str], None] = _log):
+        if request.num < 2:
+            raise ValueError(f"num = {request.num}: FID-style metrics need at least 2 generated images")
+        self.registry, self.request, self.log = registry, request, log
+        self.metrics = resolve_metrics(list(request.metrics), registry)
+        self._extractors: dict[str, Any] = {}
+        self._references: dict[str, tuple[FeatureSet, dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------ parts
+    def extractor_table(self, run: LoadedRun) -> dict[str, Any]:
+        """The extractor asked for, else ``proxy`` for the embedded OpenMoji data (Inception knows
+        nothing of emoji and needs downloaded weights) and ``inception`` for everything else."""
+        if self.request.extractor is not None:
+            return dict(self.request.extractor)
+        kind = self.registry.kind_of("data", run.data)
+        return {"kind": "proxy" if kind == "openmoji" else "inception"}
+
+    def _data_key(self, data: Any) -> dict[str, Any]:
+        return {"kind": self.registry.kind_of("data", data), **attrs.asdict(data)}
+
+    def extractor(self, run: LoadedRun):
+        table = self.extractor_table(run)
+        # a learning extractor (the proxy) learns from the run's data unless its table names other data
+        key = json.dumps([table, self._data_key(run.data)], sort_keys=True, default=str)
+        if key not in self._extractors:
+            self._extractors[key] = resolve_extractor(table, self.registry, run.data)
+        return self._extractors[key]
+
+    def reference(self, run: LoadedRun, extractor) -> tuple[FeatureSet, dict[str, Any]]:
+        """The reference's features and a record of what it was (path or data table, count, hash)."""
+        req = self.request
+        given = req.reference is not None
+        described: dict[str, Any] = {"path": req.reference} if given else {"data": self._data_key(run.data)}
+        key = json.dumps([described, extractor.name, req.num_reference], sort_keys=True, default=str)
+        if key not in self._references:
+            source = reference_images(req.reference if given else run.data, req.num_reference, self.registry)
+            if isinstance(source, FeatureSet):
+                if source.extractor != extractor.name:
+                    raise ValueError(
+                        f"{source.source} was computed with extractor {source.extractor!r}, but this evaluation "
+                        f"uses {extractor.name!r}; pass --extractor matching the statistics, or recompute them "
+                        f"with `madkit fid-stats DATA_SPEC --extractor ...`"
+                    )
+                features = source
+            else:
+                self.log(f"embedding the reference {source.source} with {extractor.name}")
+                features = extract(extractor, source, req.batch)
+            record = {**described, "source": features.source, "num": features.count,
+                      "content_hash": features.content_hash, "num_requested": req.num_reference}
+            self._references[key] = (features, record)
+        return self._references[key]
+
+    def sampler(self, run: LoadedRun) -> tuple[Sampler, str]:
+        experiment = run.experiment
+        if self.request.sampler is None:
+            return experiment.sampler, self.registry.kind_of("sampler", experiment.spec.sampler)
+        config = self.registry.get("sampler", self.request.sampler).config_cls()
+        return config.build(schedule=experiment.schedule), self.request.sampler
+
+    # ------------------------------------------------------------------ one point
+    def evaluate(
+        self,
+        run: LoadedRun,
+        steps: int | None = None,
+        shard: tuple[int, int] = (0, 1),
+        name: str | None = None,
+        force: bool = False,
+    ) -> dict[str, Any] | None:
+        """Evaluate ``run`` at ``steps`` (None: the sampler's). Returns the record written to
+        RUN/eval/<name>.json, or None when this shard is done but others are still missing."""
+        req = self.request
+        sampler, sampler_kind = self.sampler(run)
+        steps = steps or sampler.steps
+        if steps <= 0:
+            raise ValueError(f"steps must be positive, got {steps}")
+        table = self.extractor_table(run)
+        name = name or point_name(run, req, sampler_kind, steps, str(table.get("kind")))
+        if not _NAME_OK.match(name):
+            raise ValueError(f"eval name {name!r}: use letters, digits, '.', '_' and '-' only")
+        settings = {
+            "checkpoint": str(run.checkpoint.resolve()), "step": run.step, "weights": run.weights,
+            "sampler": sampler_kind, "steps": steps, "guidance": req.guidance, "seed": req.seed,
+            "num": req.num, "extractor": table, "metrics": sorted(req.metrics),
+            "reference": req.reference, "num_reference": req.num_reference,
+        }
+        out = run.run_dir / EVAL_DIR / f"{name}.json"
+        if not force and out.is_file():
+            old = json.loads(out.read_text())
+            if old.get("settings") == settings:
+                self.log(f"{out} is up to date (same settings); pass --force to evaluate again")
+                return old
+        extractor = self.extractor(run)
+        i, k = shard
+        if k == 1:
+            part = self._generate(run, sampler, steps, shard_indices(req.num, shard), extractor)
+            parts = [part]
+        else:
+            parts_dir = run.run_dir / EVAL_DIR / f"{name}.parts"
+            mine = parts_dir / f"shard-{i}-of-{k}.pt"
+            part = _read_part(mine) if mine.is_file() else None
+            if part is None or part["settings"] != settings:
+                part = self._generate(run, sampler, steps, shard_indices(req.num, shard), extractor)
+                part["settings"] = settings
+                buffer = io.BytesIO()
+                torch.save(part, buffer)
+                _atomic_write(mine, buffer.getvalue())
+            parts = [_read_part(parts_dir / f"shard-{j}-of-{k}.pt") for j in range(k)]
+            missing = [j for j, p in enumerate(parts) if p is None or p["settings"] != settings]
+            if missing:
+                self.log(f"shard {i}/{k} written to {mine}; waiting for shard(s) {missing}: "
+                         f"the last shard to finish writes {out}")
+                return None
+        generated, seconds = _combine(parts, req.num, extractor.name, f"{req.num} images from {run.checkpoint}")
+        reference, reference_record = self.reference(run, extractor)
+        values: dict[str, float] = {}
+        for metric in self.metrics:
+            values.update(metric.compute(generated, reference if metric.needs_reference else None))
+        cost = run.cost(steps)
+        record = {
+            **values,
+            "extractor": extractor.name,
+            "metric_values": values,
+            "name": name,
+            "run": {"dir": str(run.run_dir), "name": run.experiment.spec.name},
+            "checkpoint": {"path": str(run.checkpoint), "step": run.step, "weights": run.weights},
+            "sampling": {"sampler": sampler_kind, "steps": steps, "guidance": req.guidance, "seed": req.seed,
+                         "num": req.num, "batch": req.batch, "use_cache": True,
+                         "image_seeds": "image i from (seed, i)"},
+            "model": {k_: cost[k_] for k_ in ("parameters", "depth", "diffusion_depth", "blocks")} if cost else None,
+            "cost": {k_: cost[k_] for k_ in COST_KEYS} if cost else None,
+            "seconds_per_image": seconds / req.num,
+            "device": str(next(run.model.parameters()).device),
+            "shards": k,
+            "generated_hash": generated.content_hash,
+            "reference": reference_record,
+            "extractor_config": table,
+            "madkit_version": madkit.__version__,
+            "torch_version": str(torch.__version__),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "settings": settings,
+        }
+        _atomic_write(out, (json.dumps(record, indent=2) + "\n").encode())
+        self.log(f"{out}: " + ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+                 + f" ({extractor.name})")
+        return record
+
+    @torch.no_grad()
+    def _generate(self, run: LoadedRun, sampler: Sampler, steps: int, indices: list[int], extractor) -> dict:
+        """Generate and embed images ``indices``: their features, per-image digests and the generation time."""
+        req, device = self.request, next(run.model.parameters()).device
+        features: dict[str, list[torch.Tensor]] = {}
+        digests: list[str] = []
+        seconds, started = 0.0, time.perf_counter()
+        codec = run.experiment.codec.to(device)
+        for _, images in generate_images(
+            run.model, sampler, codec, indices, req.seed, num_classes=run.experiment.num_classes,
+            batch=req.batch, steps=steps, guidance=req.guidance, progress=True,
+        ):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds += time.perf_counter() - started  # generation only: embedding is not sampling cost
+            uint8 = to_uint8(images)
+            digests.extend(_image_digest(image) for image in uint8)
+            for role, values in extractor.features(uint8).items():
+                features.setdefault(role, []).append(values)
+            started = time.perf_counter()
+        return {
+            "indices": list(indices),
+            "digests": digests,
+            "features": {role: torch.cat(values) for role, values in features.items()},
+            "seconds": seconds,
+        }
+
+
+def _image_digest(image_uint8: torch.Tensor) -> str:
+    return hashlib.sha256(f"{tuple(image_uint8.shape)};".encode() + image_uint8.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_part(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: regenerate rather than trust it
+        _log(f"ignoring unreadable shard file {path} ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _combine(parts: Sequence[dict], num: int, extractor: str, source: str) -> tuple[FeatureSet, float]:
+    """All shards' features in image order, and the summed generation seconds.
+
+    ``content_hash`` is a sha256 over the per-image sha256 digests in index order, so it does not
+    depend on the batch size or on how the images were sharded."""
+    indices = [i for p in parts for i in p["indices"]]
+    if sorted(indices) != list(range(num)):
+        raise ValueError(f"the shards hold images {sorted(set(indices))[:5]}... but should hold each of 0..{num - 1} once")
+    order = torch.tensor(indices).argsort()
+    roles = parts[0]["features"].keys()
+    features = {role: torch.cat([p["features"][role] for p in parts])[order] for role in roles}
+    digests = [d for p in parts for d in p["digests"]]
+    content = hashlib.sha256("".join(digests[j] for j in order.tolist()).encode()).hexdigest()
+    seconds = float(sum(p["seconds"] for p in parts))
+    return FeatureSet(extractor, num, content, source, features), seconds
+
+
+# --------------------------------------------------------------------------- sweeps
+def steps_within_budget(cost: Callable[[int], dict[str, Any]], budget: float, max_steps: int) -> int | None:
+    """The largest step count in [1, max_steps] whose ``sample_flops_per_image`` is <= ``budget``, or
+    None when even one step costs more. Sampling cost grows with the step count, so bisect."""
+    flops = lambda s: cost(s)["sample_flops_per_image"]  # noqa: E731
+    if flops(1) > budget:
+        return None
+    lo, hi = 1, max_steps  # invariant: flops(lo) <= budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if flops(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def max_sampling_steps(run: LoadedRun) -> int:
+    """The training schedule's number of timesteps: no sampler takes more distinct steps."""
+    return int(run.experiment.schedule.diffusers_config().get("num_train_timesteps", 1000))
+
+
+def model_label(cost: dict[str, Any] | None, fallback: str) -> str:
+    """The paper's way of naming a curve: D/N and T."""
+    if not cost:
+        return fallback
+    return f"D={cost['diffusion_depth']}/N={cost['depth']}, T={cost['blocks']}"
+
+
+def sweep_row(record: dict[str, Any], label: str, budget: float | None, matched: bool) -> dict[str, Any]:
+    """One CSV row from an eval record."""
+    cost, model = record.get("cost") or {}, record.get("model") or {}
+    return {
+        "label": label,
+        "run": record["run"]["dir"],
+        "checkpoint_step": record["checkpoint"]["step"],
+        "weights": record["checkpoint"]["weights"],
+        "depth": model.get("depth"),
+        "diffusion_depth": model.get("diffusion_depth"),
+        "blocks": model.get("blocks"),
+        "sampler": record["sampling"]["sampler"],
+        "steps": record["sampling"]["steps"],
+        **{key: cost.get(key) for key in COST_KEYS},
+        "seconds_per_image": record["seconds_per_image"],
+        "num": record["sampling"]["num"],
+        "extractor": record["extractor"],
+        **record["metric_values"],
+        "budget_flops": budget,
+        "budget_matched": matched,
+        "eval_json": str(Path(record["run"]["dir"]) / EVAL_DIR / f"{record['name']}.json"),
+    }
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(c for c in row if c not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: ("" if row.get(c) is None else row.get(c)) for c in columns} for row in rows)
+    _atomic_write(path, buffer.getvalue().encode())
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "fid", budget: float | None = None) -> None:
+    """The paper's Figure 4: ``metric`` against sampling FLOPs per image (log x), one curve per model,
+    each point marked with its step count; points chosen under ``budget`` are starred."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    usable = [r for r in rows if r.get(metric) is not None and r.get("sample_flops_per_image")]
+    for label in dict.fromkeys(r["label"] for r in usable):
+        points = sorted({(r["sample_flops_per_image"], r[metric], r["steps"]) for r in usable if r["label"] == label})
+        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        for x, y, steps in points:
+            ax.annotate(f"{steps}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
+        for r in usable:
+            if r["label"] == label and r.get("budget_matched"):
+                ax.scatter([r["sample_flops_per_image"]], [r[metric]], marker="*", s=220, color=line.get_color(),
+                           edgecolors="black", zorder=3)
+    if budget:
+        ax.axvline(budget, linestyle="--", color="gray", label=f"budget {budget:.3g} FLOPs/image (stars)")
+    extractors = sorted({r["extractor"] for r in usable})
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling FLOPs per image (numbers: denoising steps per block)")
+    ax.set_ylabel(f"{metric.upper()} ({', '.join(extractors)})" if extractors else metric.upper())
+    ax.set_title(f"{metric.upper()} against sampling compute")
+    ax.grid(True, which="both", alpha=0.3)
+    if usable:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150)
+    _atomic_write(path, buffer.getvalue())
+
+
+@attrs.frozen
+class SweepResult:
+    rows: list[dict[str, Any]]  # one per (run, step count), in evaluation order: the CSV
+    metric_keys: list[str]  # the metric values' names ("fid"; "kid", "kid_std", ...), first = the plotted one
+
+
+def run_sweep(
+    paths: Sequence[str | Path],
+    steps: Sequence[int],
+    evaluator: Evaluator,
+    device: torch.device | str = "cpu",
+    budget: float | None = None,
+    force: bool = False,
+) -> SweepResult:
+    """Evaluate every run (folder or checkpoint) at every step count, and with ``budget`` also at the
+    largest step count whose sampling FLOPs per image fit it."""
+    if not steps and budget is None:
+        raise ValueError("nothing to evaluate: give step counts, a FLOPs budget, or both")
+    rows: list[dict[str, Any]] = []
+    metric_keys: list[str] = []
+    for path in paths:
+        run = load_run(path, evaluator.registry, evaluator.request.use_ema, device)
+        label = model_label(run.cost(1), run.experiment.spec.name)
+        matched = None
+        if budget is not None:
+            if run.cost(1) is None:
+                raise ValueError(f"{path}: its model reports no sampling cost, so it cannot be matched to a budget")
+            matched = steps_within_budget(run.cost, budget, max_sampling_steps(run))
+            if matched is None:
+                evaluator.log(f"{path}: even 1 step costs {run.cost(1)['sample_flops_per_image']:.3g} FLOPs per "
+                              f"image, over the budget {budget:.3g}; no point at equal compute for {label}")
+            else:
+                evaluator.log(f"{label}: {matched} steps fit the budget of {budget:.3g} FLOPs per image")
+        for s in sorted(set(steps) | ({matched} if matched else set())):
+            record = evaluator.evaluate(run, s, force=force)
+            rows.append(sweep_row(record, label, budget, matched == s))
+            metric_keys.extend(k for k in record["metric_values"] if k not in metric_keys)
+        del run  # free the model before loading the next
+    _disambiguate(rows)
+    return SweepResult(rows, metric_keys)
+
+
+def _disambiguate(rows: list[dict[str, Any]]) -> None:
+    """Runs of the same shape share a label; name their curves after their checkpoints instead."""
+    runs_per_label: dict[str, set[tuple[str, int]]] = {}
+    for row in rows:
+        runs_per_label.setdefault(row["label"], set()).add((row["run"], row["checkpoint_step"]))
+    for row in rows:
+        if len(runs_per_label[row["label"]]) > 1:
+            row["label"] = f"{row['label']} ({Path(row['run']).name}@{row['checkpoint_step']})"
