@@ -49,7 +49,7 @@ class BlockwiseSession:
         """AR pass for block j (clean blocks < j must have been added): condition [n, b, d]."""
         m = self.model
         if j == 0:
-            x = m.boi.expand(self.batch, -1, -1)
+            x = m.boi.detach().expand(self.batch, -1, -1)  # generation never needs its gradient
         else:
             x = self.clean_tokens[j - 1].flatten(1, 2)
         plan = CachedPlan("noised", m.layout(NOISED, [j]), self.caches, append_noised=m.single_stream)

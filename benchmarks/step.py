@@ -1,0 +1,90 @@
+"""Training step time of the bare model: forward + backward + AdamW on random latents.
+
+    python benchmarks/step.py                       # tiny and medium configurations on the CPU
+    python benchmarks/step.py --ffhq                # + the FFHQ-1024 geometry (CUDA only, bf16)
+
+Unlike benchmarks/train.py (the whole loop with data, EMA and logging) this isolates the model, so
+it shows what the masks, the two towers and the dropped clean block cost. Tokens/s counts the tokens
+the training pass computes (``train_sequence_length_computed``) per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from madkit.build import build_experiment
+from madkit.experiment_spec import load_spec
+from madkit.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "tiny": (ROOT / "experiments/tiny/madformer.toml", [], 8),
+    "medium": (ROOT / "experiments/quickstart.toml", [], 16),
+    "ffhq": (ROOT / "experiments/madformer_ffhq.toml", [], 8),
+}
+
+
+def measure(name: str, device: str, steps: int, warmup: int, dtype: torch.dtype | None) -> dict:
+    spec_path, sets, batch = CONFIGS[name]
+    registry = Registry.load()
+    spec = load_spec(spec_path, sets, registry, check_data=False).spec
+    experiment = build_experiment(spec, registry, device=device)
+    model = experiment.model.to(device).train()
+    cost = model.compute_cost(1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    latents = torch.randn(batch, *experiment.latent_shape, device=device)
+    times = []
+    for i in range(warmup + steps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            loss = model.loss(latents, None, experiment.schedule)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    step = statistics.median(times)
+    return {
+        "config": name,
+        "device": device,
+        "dtype": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "batch": batch,
+        "parameters": cost["parameters"],
+        "step_s": step,
+        "images_per_s": batch / step,
+        "tokens_per_s": batch * cost["train_sequence_length_computed"] / step,
+        "train_tflops_per_s": batch * cost["train_flops_per_image"] / step / 1e12,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--ffhq", action="store_true", help="also the FFHQ-1024 geometry (needs CUDA)")
+    args = p.parse_args()
+    runs = [("tiny", "cpu", None), ("medium", "cpu", None), ("medium", "cpu", torch.bfloat16)]
+    if torch.cuda.is_available():
+        runs += [("medium", "cuda", torch.bfloat16)]
+        if args.ffhq:
+            runs += [("ffhq", "cuda", torch.bfloat16)]
+    for name, device, dtype in runs:
+        r = measure(name, device, args.steps, args.warmup, dtype)
+        print(
+            f"{r['config']:<7} {r['device']:<5} {r['dtype']:<9} batch {r['batch']:>3}  params {r['parameters']:>13,}  "
+            f"step {r['step_s'] * 1e3:8.1f} ms  {r['images_per_s']:8.1f} img/s  {r['tokens_per_s']:10.0f} tok/s  "
+            f"{r['train_tflops_per_s']:.3f} TFLOP/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
