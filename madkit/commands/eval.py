@@ -19,7 +19,9 @@ def add_eval_args(p, default_num: int | None) -> None:
     else:
         p.add_argument("--num", type=int, default=default_num, help=f"images per point (default {default_num})")
     p.add_argument("--sampler", default=None, help="sampler kind, e.g. ddim or dpm-solver++ (default: the run's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the sampler's)")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the sampler's)"
+    )
     p.add_argument("--metrics", default="fid", help="comma-separated metric kinds, e.g. fid,kid (default fid)")
     p.add_argument(
         "--extractor",
@@ -120,7 +122,8 @@ def run(args) -> int:
     record = evaluator.evaluate(loaded, args.steps, shard=shard, name=args.name, force=args.force)
     if record is not None:
         values = ", ".join(f"{k} {v:.4f}" for k, v in record["metric_values"].items())
-        print(f"{values} ({record['extractor']}; {record['sampling']['num']} images, "
-              f"{record['sampling']['sampler']} {record['sampling']['steps']} steps, {record['checkpoint']['weights']})")
+        sampling = record["sampling"]
+        print(f"{values} ({record['extractor']}; {sampling['num']} images, {sampling['sampler']} "
+              f"{sampling['steps']} steps, {record['checkpoint']['weights']} weights)")
         print(f"wrote {loaded.run_dir / 'eval' / (record['name'] + '.json')}")
     return 0

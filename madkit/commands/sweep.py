@@ -21,7 +21,8 @@ _SI = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 
 def parse_flops(text: str) -> float:
     """``2.1e15``, ``2.1P`` or ``500G`` (an optional SI prefix, optionally followed by FLOP/FLOPs)."""
-    match = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTPE]?)(?:FLOPS?|FLOPs?|flops?)?\s*", text)
+    number = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+    match = re.fullmatch(rf"\s*({number})\s*([KMGTPE]?)(?:FLOPS?|FLOPs?|flops?)?\s*", text)
     if not match:
         raise UsageError(f"--budget {text!r}: expected FLOPs per image such as 2.1e15, 2.1P or 500G")
     value = float(match.group(1)) * _SI[match.group(2)]

@@ -262,7 +262,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not run.root.is_dir():
         raise FileNotFoundError(f"{run.root} is not a folder; pass a run folder (what `madkit run --out` wrote)")
     if not (run.config.is_file() or run.metrics.is_file()):
-        raise ValueError(f"{run.root} is not a madkit run folder: it has neither {run.config.name} nor {run.metrics.name}")
+        raise ValueError(
+            f"{run.root} is not a madkit run folder: it has neither {run.config.name} nor {run.metrics.name}"
+        )
     out = Path(out) if out is not None else run.root / "report.html"
     page = _Page(run.root, out)
     config_text = run.config.read_text() if run.config.is_file() else ""

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import sys
 import time
@@ -292,7 +293,9 @@ class Evaluator:
 
 
 def _image_digest(image_uint8: torch.Tensor) -> str:
-    return hashlib.sha256(f"{tuple(image_uint8.shape)};".encode() + image_uint8.contiguous().numpy().tobytes()).hexdigest()
+    digest = hashlib.sha256(f"{tuple(image_uint8.shape)};".encode())
+    digest.update(image_uint8.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _read_part(path: Path) -> dict | None:
@@ -300,7 +303,7 @@ def _read_part(path: Path) -> dict | None:
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torn or foreign file: regenerate rather than trust it
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # torn or foreign: regenerate
         _log(f"ignoring unreadable shard file {path} ({type(exc).__name__}: {exc})")
         return None
 
@@ -312,7 +315,8 @@ def _combine(parts: Sequence[dict], num: int, extractor: str, source: str) -> tu
     depend on the batch size or on how the images were sharded."""
     indices = [i for p in parts for i in p["indices"]]
     if sorted(indices) != list(range(num)):
-        raise ValueError(f"the shards hold images {sorted(set(indices))[:5]}... but should hold each of 0..{num - 1} once")
+        raise ValueError(f"the shards hold {len(indices)} images, {len(set(indices))} distinct, but should hold each "
+                         f"of 0..{num - 1} exactly once; delete the .parts folder and generate again")
     order = torch.tensor(indices).argsort()
     roles = parts[0]["features"].keys()
     features = {role: torch.cat([p["features"][role] for p in parts])[order] for role in roles}
@@ -326,7 +330,9 @@ def _combine(parts: Sequence[dict], num: int, extractor: str, source: str) -> tu
 def steps_within_budget(cost: Callable[[int], dict[str, Any]], budget: float, max_steps: int) -> int | None:
     """The largest step count in [1, max_steps] whose ``sample_flops_per_image`` is <= ``budget``, or
     None when even one step costs more. Sampling cost grows with the step count, so bisect."""
-    flops = lambda s: cost(s)["sample_flops_per_image"]  # noqa: E731
+    def flops(steps: int) -> float:
+        return cost(steps)["sample_flops_per_image"]
+
     if flops(1) > budget:
         return None
     lo, hi = 1, max_steps  # invariant: flops(lo) <= budget
@@ -400,7 +406,8 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "fid", 
         points = sorted({(r["sample_flops_per_image"], r[metric], r["steps"]) for r in usable if r["label"] == label})
         (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         for x, y, steps in points:
-            ax.annotate(f"{steps}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
+            ax.annotate(str(steps), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line.get_color())
         for r in usable:
             if r["label"] == label and r.get("budget_matched"):
                 ax.scatter([r["sample_flops_per_image"]], [r[metric]], marker="*", s=220, color=line.get_color(),

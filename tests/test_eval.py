@@ -1,0 +1,166 @@
+"""``madkit eval`` (madkit/commands/eval.py, madkit/engine/sweep.py): what it records, per-image seeds,
+shards that combine to exactly the unsharded result, references, reuse, and bad input.
+
+One tiny model is trained for 3 steps on 64 OpenMoji emoji at 16px; metrics use the offline proxy
+extractor (the default for OpenMoji data), trained once into a temporary cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import madkit
+from madkit.cli import main
+from madkit.engine.checkpoint import load_for_inference
+from madkit.engine.sweep import Evaluator, Request
+from madkit.registry import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
+ARGS = ["--num", "8", "--steps", "2", "--batch", "4"]
+NAME = "00000003-ema-ddim-s2-n8-seed0-proxy"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def environment(tmp_path_factory):
+    """A private cache (proxy extractor, rendered emoji), offline hub, one thread (tiny models on a
+    shared 2-core machine run several times faster without intra-op contention)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MADKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    sets = ["train.steps=3", "train.ckpt_every=3", "train.sample_num=2", "train.sample_steps=1", "log.sinks=[]"]
+    assert main(["run", str(TINY), "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 0
+    return out
+
+
+def evaluate(run_dir: Path, *extra: str) -> int:
+    return main(["eval", str(run_dir), *ARGS, *extra])
+
+
+def record(run_dir: Path, name: str = NAME) -> dict:
+    return json.loads((run_dir / "eval" / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def unsharded(run_dir) -> dict:
+    assert evaluate(run_dir) == 0
+    return record(run_dir)
+
+
+def test_the_record_holds_the_metric_and_everything_needed_to_reproduce_it(run_dir, unsharded):
+    r = unsharded
+    assert r["fid"] == r["metric_values"]["fid"] and r["fid"] >= 0
+    # the offline proxy is the OpenMoji default, and its figures carry its own name
+    assert re.fullmatch(r"openmoji-proxy-[0-9a-f]{8}", r["extractor"]) and "inception" not in r["extractor"]
+    assert r["checkpoint"] == {"path": str(run_dir / "checkpoints" / "00000003"), "step": 3, "weights": "ema"}
+    assert {k: r["sampling"][k] for k in ("sampler", "steps", "seed", "num", "guidance")} == {
+        "sampler": "ddim", "steps": 2, "seed": 0, "num": 8, "guidance": None,
+    }
+    # the default reference is the run's own [data], identified by its content
+    assert r["reference"]["data"]["kind"] == "openmoji" and r["reference"]["num"] == 64
+    assert re.fullmatch(r"[0-9a-f]{64}", r["reference"]["content_hash"])
+    assert r["madkit_version"] == madkit.__version__ and r["seconds_per_image"] > 0 and r["shards"] == 1
+    _, model = load_for_inference(run_dir, Registry.load())
+    cost = model.compute_cost(2)
+    assert r["cost"] == {k: cost[k] for k in ("nfe", "layer_passes", "sample_flops_per_image")}
+    assert r["model"]["diffusion_depth"] == 2 and r["model"]["blocks"] == 4
+
+
+def test_shards_of_any_batch_size_combine_to_the_unsharded_result(run_dir, unsharded, capsys):
+    for i, batch in ((0, "1"), (1, "2")):
+        assert evaluate(run_dir, "--shard", f"{i}/3", "--batch", batch, "--name", "sharded") == 0
+        assert not (run_dir / "eval" / "sharded.json").exists()  # waits for the missing shards
+    assert "waiting for shard(s) [2]" in capsys.readouterr().err
+    assert evaluate(run_dir, "--shard", "2/3", "--batch", "5", "--name", "sharded") == 0
+    sharded = record(run_dir, "sharded")
+    assert sharded["generated_hash"] == unsharded["generated_hash"]  # the same images, pixel for pixel
+    assert sharded["fid"] == pytest.approx(unsharded["fid"], rel=1e-6)
+    assert sharded["shards"] == 3 and sharded["reference"] == unsharded["reference"]
+
+
+def test_the_seed_and_the_weights_change_the_images_and_are_recorded(run_dir, unsharded):
+    assert evaluate(run_dir, "--seed", "1") == 0
+    assert record(run_dir, NAME.replace("seed0", "seed1"))["generated_hash"] != unsharded["generated_hash"]
+    assert evaluate(run_dir, "--raw") == 0
+    raw = record(run_dir, NAME.replace("-ema-", "-raw-"))
+    assert raw["checkpoint"]["weights"] == "raw" and raw["generated_hash"] != unsharded["generated_hash"]
+
+
+def test_an_up_to_date_record_is_reused_and_force_recomputes_it(run_dir, unsharded, capsys):
+    path = run_dir / "eval" / f"{NAME}.json"
+    before = path.stat().st_mtime_ns
+    assert evaluate(run_dir) == 0
+    assert "up to date" in capsys.readouterr().err and path.stat().st_mtime_ns == before
+    assert evaluate(run_dir, "--force") == 0
+    assert path.stat().st_mtime_ns != before and record(run_dir)["generated_hash"] == unsharded["generated_hash"]
+
+
+def test_statistics_of_the_run_data_give_the_same_fid(run_dir, unsharded, tmp_path):
+    stats = tmp_path / "ref.npz"
+    assert main(["fid-stats", str(run_dir / "config.resolved.toml"), "--out", str(stats), "--extractor", "proxy"]) == 0
+    assert evaluate(run_dir, "--reference", str(stats), "--name", "vs-stats") == 0
+    r = record(run_dir, "vs-stats")
+    assert r["fid"] == pytest.approx(unsharded["fid"], rel=1e-5)
+    assert r["reference"]["path"] == str(stats)
+    assert r["reference"]["content_hash"] == unsharded["reference"]["content_hash"]
+
+
+def test_statistics_from_another_extractor_are_refused(run_dir, tmp_path, capsys):
+    stats = tmp_path / "other.npz"
+    other = ["--extractor", "proxy", "--extractor-set", "epochs=1"]
+    assert main(["fid-stats", str(run_dir / "config.resolved.toml"), "--out", str(stats), *other]) == 0
+    capsys.readouterr()
+    assert evaluate(run_dir, "--reference", str(stats), "--name", "mismatch") == 1
+    assert "was computed with extractor" in capsys.readouterr().err
+    assert not (run_dir / "eval" / "mismatch.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num", "1"], "--num must be at least 2"),
+        (["--sampler", "nope"], "no sampler kind 'nope'; installed: "),
+        (["--metrics", "fid,nope"], "no metric kind 'nope'"),
+        (["--extractor-set", "epochs=1"], "--extractor-set needs --extractor"),
+        (["--shard", "2/2"], "shard 2/2 is invalid"),
+        (["--steps", "0"], "--steps must be positive"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(run_dir, capsys, extra, message):
+    assert main(["eval", str(run_dir), *ARGS, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_run_folder_is_named(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nowhere"), *ARGS]) == 1
+    assert "nowhere does not exist" in capsys.readouterr().err
+
+
+def test_inception_is_the_default_beyond_the_embedded_emoji():
+    from madkit_data.folder import FolderConfig
+    from madkit_data.openmoji import OpenMojiConfig
+
+    evaluator = Evaluator(Registry.load(), Request(num=8))
+    def as_run(data):  # only .data is read
+        return SimpleNamespace(data=data)
+
+    assert evaluator.extractor_table(as_run(FolderConfig(root="photos"))) == {"kind": "inception"}
+    assert evaluator.extractor_table(as_run(OpenMojiConfig())) == {"kind": "proxy"}
+    chosen = Evaluator(Registry.load(), Request(num=8, extractor={"kind": "inception", "weights": "w.pth"}))
+    assert chosen.extractor_table(as_run(OpenMojiConfig())) == {"kind": "inception", "weights": "w.pth"}
