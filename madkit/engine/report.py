@@ -163,7 +163,12 @@ def _overview(run: RunDir, config_text: str) -> tuple[str, str]:
     ]
     plugins = versions.get("plugins") or {}
     if plugins:
-        rows.append(("plugins", ", ".join(f"{k} {v}" for k, v in sorted(plugins.items()))))
+        def describe(info: Any) -> str:  # {"distribution": ..., "version": ...} per plugin
+            if isinstance(info, dict):
+                return " ".join(str(info.get(k, "")) for k in ("distribution", "version"))
+            return str(info)
+
+        rows.append(("plugins", ", ".join(f"{k} ({describe(v)})" for k, v in sorted(plugins.items()))))
     return name, table(("", ""), rows)
 
 
