@@ -121,14 +121,24 @@ def test_statistics_of_the_run_data_give_the_same_fid(run_dir, unsharded, tmp_pa
     assert r["reference"]["content_hash"] == unsharded["reference"]["content_hash"]
 
 
-def test_statistics_from_another_extractor_are_refused(run_dir, tmp_path, capsys):
+def test_statistics_from_another_extractor_are_refused_before_generating(run_dir, tmp_path, capsys, monkeypatch):
     stats = tmp_path / "other.npz"
     other = ["--extractor", "proxy", "--extractor-set", "epochs=1"]
     assert main(["fid-stats", str(run_dir / "config.resolved.toml"), "--out", str(stats), *other]) == 0
     capsys.readouterr()
+    monkeypatch.setattr(Evaluator, "_generate", lambda *a, **k: pytest.fail("generated before checking the reference"))
     assert evaluate(run_dir, "--reference", str(stats), "--name", "mismatch") == 1
     assert "was computed with extractor" in capsys.readouterr().err
     assert not (run_dir / "eval" / "mismatch.json").exists()
+
+
+def test_statistics_without_features_are_refused_for_kid_before_generating(run_dir, tmp_path, capsys, monkeypatch):
+    stats = tmp_path / "ref.npz"
+    assert main(["fid-stats", str(run_dir / "config.resolved.toml"), "--out", str(stats), "--extractor", "proxy"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(Evaluator, "_generate", lambda *a, **k: pytest.fail("generated before checking the reference"))
+    assert evaluate(run_dir, "--reference", str(stats), "--metrics", "fid,kid", "--name", "kid") == 1
+    assert "--keep-features" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -210,6 +210,9 @@ class Evaluator:
                 self.log(f"{out} is up to date (same settings); pass --force to evaluate again")
                 return old
         extractor = self.extractor(run)
+        if str(req.reference or "").endswith(".npz"):
+            # statistics load in an instant: refuse a mismatch before generating thousands of images
+            self._check_statistics(self.reference(run, extractor)[0])
         i, k = shard
         if k == 1:
             part = self._generate(run, sampler, steps, shard_indices(req.num, shard), extractor)
@@ -263,6 +266,14 @@ class Evaluator:
         self.log(f"{out}: " + ", ".join(f"{key} {value:.4g}" for key, value in values.items())
                  + f" ({extractor.name})")
         return record
+
+    def _check_statistics(self, reference: FeatureSet) -> None:
+        needing = [m.name for m in self.metrics if m.needs_reference_features]
+        if needing and not reference.features:
+            raise ValueError(
+                f"metrics {needing} compare features, but {reference.source} holds only statistics; write it "
+                f"with `madkit fid-stats --keep-features`, or evaluate against the data itself"
+            )
 
     @torch.no_grad()
     def _generate(self, run: LoadedRun, sampler: Sampler, steps: int, indices: list[int], extractor) -> dict:
