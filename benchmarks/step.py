@@ -32,7 +32,7 @@ CONFIGS = {
 def measure(name: str, device: str, steps: int, warmup: int, dtype: torch.dtype | None) -> dict:
     spec_path, sets, batch = CONFIGS[name]
     registry = Registry.load()
-    spec = load_spec(spec_path, sets, registry, check_data=False).spec
+    spec = load_spec(spec_path, sets, registry, check_resources=False).spec
     experiment = build_experiment(spec, registry, device=device)
     model = experiment.model.to(device).train()
     cost = model.compute_cost(1)

@@ -138,12 +138,13 @@ def spec_context(spec: ExperimentSpec, registry: Registry) -> dict[str, Any]:
 
 
 def load_spec(
-    path: str | Path, sets: list[str] | None = None, registry: Registry | None = None, check_data: bool = True
+    path: str | Path, sets: list[str] | None = None, registry: Registry | None = None, check_resources: bool = True
 ) -> LoadedSpec:
     """Read, merge, structure and check a spec; raise ``SpecError`` with every problem found.
 
-    ``check_data=False`` skips the checks of the ``[data]`` table, which read the data itself (paths,
-    columns, shards): for commands that never touch the data, such as ``madkit flops``."""
+    ``check_resources=False`` tells checks not to look for files (data folders, VAE weights): for
+    commands that never read them, such as ``madkit flops``, and ``madkit validate --no-data``.
+    """
     registry = registry or Registry.load()
     try:
         raw, provenance = load_raw(path, sets, DEFAULTS)
@@ -155,7 +156,7 @@ def load_spec(
     except Problems as exc:
         # Keep going: the cross-field checks of the parts that did structure belong in the same report.
         spec, problems = _structure_parts(conv, raw), list(exc.problems)
-    problems += _run_checks(spec, registry, partial=bool(problems), skip=() if check_data else ("data",))
+    problems += _run_checks(spec, registry, partial=bool(problems), check_resources=check_resources)
     if problems:
         raise SpecError(_render(problems, provenance))
     # the resolved spec, with every default spelled out, as plain data
@@ -178,15 +179,16 @@ def _structure_parts(conv, raw: dict[str, Any]) -> ExperimentSpec:
 
 
 def _run_checks(
-    spec: ExperimentSpec, registry: Registry, partial: bool, skip: tuple[str, ...] = ()
+    spec: ExperimentSpec, registry: Registry, partial: bool, check_resources: bool = True
 ) -> list[StructureProblem]:
     """Every config's ``check(context)``; with ``partial``, checks that trip over a broken part are skipped.
-    Configs under the top-level tables named in ``skip`` are not checked."""
+    ``context["check_resources"]`` tells checks whether to look for files."""
     context = spec_context(spec, registry)
+    context["check_resources"] = check_resources
     problems: list[StructureProblem] = []
     for cpath, config in iter_configs(spec):
         check = getattr(config, "check", None)
-        if not callable(check) or cpath.split(".")[0].split("[")[0] in skip:
+        if not callable(check):
             continue
         try:
             for p in check(context):

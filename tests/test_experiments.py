@@ -1,11 +1,9 @@
 """Every spec under experiments/ validates; the paper's study specs change exactly what they say; the
 reference FFHQ configuration has the released size; the toy CPU study runs end to end (slow).
 
-Specs whose data lives outside the package (FFHQ, ImageNet) are validated with ``--no-data``, and
-their SD-VAE hub id is pointed at a stand-in local VAE folder: validation only checks that a
-``config.json`` is there, so the result does not depend on what this machine's Hugging Face cache
-holds (offline, an uncached hub id is a validation error by design). OpenMoji specs are validated
-as they are.
+Specs whose data and VAE weights live outside the package (FFHQ, ImageNet) are validated with
+``--no-data``, which looks for no files, so the result does not depend on this machine's datasets or
+Hugging Face cache. OpenMoji specs are validated as they are.
 """
 
 from __future__ import annotations
@@ -45,25 +43,14 @@ def one_registry(registry, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module")
-def local_vae(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("vae")
-    (folder / "config.json").write_text("{}")
-    return folder
-
-
 def raw(spec: Path) -> dict:
     return load_raw(spec)[0]
 
 
-def validate_args(spec: Path, vae: Path) -> list[str]:
-    data = raw(spec)
+def validate_args(spec: Path) -> list[str]:
     args = ["validate", str(spec)]
-    if data.get("data", {}).get("kind") != "openmoji":
+    if raw(spec).get("data", {}).get("kind") != "openmoji":
         args.append("--no-data")
-    codec = data.get("codec", {})
-    if codec.get("kind") == "sd-vae" and not Path(codec.get("path", "")).is_dir():
-        args += ["--set", f"codec.path={vae}"]
     return args
 
 
@@ -79,8 +66,8 @@ def test_the_studies_are_there():
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[str(p.relative_to(EXPERIMENTS)) for p in SPECS])
-def test_every_spec_validates(spec, one_registry, local_vae, capsys):
-    assert main(validate_args(spec, local_vae)) == 0, capsys.readouterr().err
+def test_every_spec_validates(spec, one_registry, capsys):
+    assert main(validate_args(spec)) == 0, capsys.readouterr().err
     assert ": valid: " in capsys.readouterr().out
 
 
@@ -121,21 +108,20 @@ def test_each_study_changes_one_thing_of_its_baseline(dataset):
     assert base["model"]["diffusion_depth"] == 14 and base["train"]["keep_ckpts"] >= 5
 
 
-def test_the_reference_ffhq_configuration_has_the_released_size(one_registry, local_vae):
+def test_the_reference_ffhq_configuration_has_the_released_size(one_registry):
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = main(["flops", str(EXPERIMENTS / "madformer_ffhq.toml"), "--json", "--set", f"codec.path={local_vae}"])
+        code = main(["flops", str(EXPERIMENTS / "madformer_ffhq.toml"), "--json"])
     assert code == 0
     cost = json.loads(buffer.getvalue())
     assert cost["parameters"] == 1_300_243_844 and cost["train_sequence_length"] == 8192
 
 
-def test_the_imagenet_base_is_class_conditional_on_a_16x16_token_grid(registry, local_vae):
+def test_the_imagenet_base_is_class_conditional_on_a_16x16_token_grid(registry):
     from madkit.build import build_experiment
     from madkit.experiment_spec import load_spec
 
-    spec = load_spec(EXPERIMENTS / "madformer_imagenet256.toml", [f"codec.path={local_vae}"], registry,
-                     check_data=False).spec
+    spec = load_spec(EXPERIMENTS / "madformer_imagenet256.toml", [], registry, check_resources=False).spec
     experiment = build_experiment(spec, registry, meta=True)
     assert experiment.latent_shape == (4, 32, 32) and experiment.num_classes == 1000
     cost = experiment.model.compute_cost(250)

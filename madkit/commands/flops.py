@@ -18,7 +18,7 @@ def run(args) -> int:
     from madkit.registry import Registry
 
     registry = Registry.load()
-    spec = load_spec(args.spec, args.sets, registry, check_data=False).spec  # flops never reads data
+    spec = load_spec(args.spec, args.sets, registry, check_resources=False).spec  # no data, no weights
     experiment = build_experiment(spec, registry, meta=True)
     steps = args.steps if args.steps is not None else experiment.sampler.steps
     cost = experiment.model.compute_cost(steps)

@@ -9,13 +9,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="check a spec and report every problem")
     add_spec_args(p)
     p.add_argument(
-        "--no-data", action="store_true", help="skip the [data] checks that need the data present (paths, columns)"
+        "--no-data", action="store_true", help="do not look for files the spec names (data folders, VAE weights)"
     )
 
 
 def run(args) -> int:
     registry = Registry.load()
-    s = load_spec(args.spec, args.sets, registry, check_data=not args.no_data).spec
+    s = load_spec(args.spec, args.sets, registry, check_resources=not args.no_data).spec
     kinds = ", ".join(
         f"{iface}={registry.kind_of(iface, getattr(s, iface))}" for iface in ("data", "codec", "model", "sampler")
     )

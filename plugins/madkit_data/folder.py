@@ -45,6 +45,8 @@ class FolderConfig:
         return len(class_names(root))
 
     def check(self, context: dict[str, Any]) -> Iterable[SpecProblem]:
+        if not context.get("check_resources", True):
+            return []
         root = Path(self.root).expanduser()
         return folder_problems(root, list_images(root) if root.is_dir() else [], self.class_subfolders)
 

@@ -61,6 +61,8 @@ class HFDiskConfig:
         return len(feature.get("names", ())) if feature.get("_type") == "ClassLabel" else 0
 
     def check(self, context: dict[str, Any]) -> Iterable[SpecProblem]:
+        if not context.get("check_resources", True):
+            return
         root = Path(self.path).expanduser()
         if not root.is_dir():
             yield SpecProblem(
