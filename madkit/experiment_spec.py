@@ -17,6 +17,7 @@ from madkit.interfaces import SpecProblem
 from madkit.registry import Registry
 from madkit.spec import Problems, SpecError, StructureProblem, iter_configs, make_converter, slot, structure
 from madkit.spec_loading import Provenance, SpecLoadError, load_raw
+from madkit.validators import non_negative, positive, unit_interval
 
 DEFAULTS: dict[str, Any] = {
     "codec": {"kind": "identity"},
@@ -25,54 +26,39 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _positive(_inst, attribute, value):
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
-
-
-def _non_negative(_inst, attribute, value):
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-
-
-def _unit_interval(_inst, attribute, value):
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must be within [0, 1], got {value}")
-
-
 @attrs.frozen
 class TrainConfig:
     """Optimisation, precision, checkpointing. ``batch`` is global, split into ``micro_batch`` chunks."""
 
-    steps: int = attrs.field(default=1000, validator=_positive)  # optimizer steps in total
-    batch: int = attrs.field(default=64, validator=_positive)  # global batch (all ranks, all micro-batches)
-    micro_batch: int = attrs.field(default=0, validator=_non_negative)  # per rank and pass; 0 = batch / ranks
-    lr: float = attrs.field(default=3e-4, validator=_positive)
+    steps: int = attrs.field(default=1000, validator=positive)  # optimizer steps in total
+    batch: int = attrs.field(default=64, validator=positive)  # global batch (all ranks, all micro-batches)
+    micro_batch: int = attrs.field(default=0, validator=non_negative)  # per rank and pass; 0 = batch / ranks
+    lr: float = attrs.field(default=3e-4, validator=positive)
     betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = attrs.field(default=0.05, validator=_non_negative)
+    weight_decay: float = attrs.field(default=0.05, validator=non_negative)
     lr_schedule: str = attrs.field(default="wsd", validator=attrs.validators.in_(("wsd", "cosine", "constant")))
-    warmup: float = attrs.field(default=0.01, validator=_unit_interval)  # fraction of steps
-    decay_start: float = attrs.field(default=0.85, validator=_unit_interval)  # wsd: fraction where decay starts
-    grad_clip: float = attrs.field(default=1.0, validator=_non_negative)  # 0 disables
-    ema_decay: float = attrs.field(default=0.9999, validator=_unit_interval)
+    warmup: float = attrs.field(default=0.01, validator=unit_interval)  # fraction of steps
+    decay_start: float = attrs.field(default=0.85, validator=unit_interval)  # wsd: fraction where decay starts
+    grad_clip: float = attrs.field(default=1.0, validator=non_negative)  # 0 disables
+    ema_decay: float = attrs.field(default=0.9999, validator=unit_interval)
     # steps over which the EMA horizon 1/(1-decay) grows linearly to full (0 = full decay from step 1)
-    ema_warmup: int = attrs.field(default=0, validator=_non_negative)
+    ema_warmup: int = attrs.field(default=0, validator=non_negative)
     precision: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "fp32", "bf16", "fp16")))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
     activation_checkpointing: bool = False
     deterministic: bool = False
-    ckpt_every: int = attrs.field(default=1000, validator=_positive)
-    keep_ckpts: int = attrs.field(default=3, validator=_positive)
+    ckpt_every: int = attrs.field(default=1000, validator=positive)
+    keep_ckpts: int = attrs.field(default=3, validator=positive)
     # auto: continue from the run folder's latest checkpoint | never: refuse a folder that has some |
     # a checkpoint folder: start from it when the run folder has none of its own yet
     resume: str = "auto"
     ddp_find_unused: bool = False  # DDP find_unused_parameters, for models with parameters a step may not use
-    log_every: int = attrs.field(default=10, validator=_positive)
-    sample_every: int = attrs.field(default=0, validator=_non_negative)  # 0 = only at the end
-    sample_num: int = attrs.field(default=16, validator=_positive)
-    sample_steps: int = attrs.field(default=0, validator=_non_negative)  # 0 = the sampler's steps
-    num_workers: int = attrs.field(default=0, validator=_non_negative)
+    log_every: int = attrs.field(default=10, validator=positive)
+    sample_every: int = attrs.field(default=0, validator=non_negative)  # 0 = only at the end
+    sample_num: int = attrs.field(default=16, validator=positive)
+    sample_steps: int = attrs.field(default=0, validator=non_negative)  # 0 = the sampler's steps
+    num_workers: int = attrs.field(default=0, validator=non_negative)
     # auto: encode the dataset once when the codec is not identity | off: encode every batch | a cache folder
     latent_cache: str = "auto"
 

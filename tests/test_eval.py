@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
+from eval_helpers import environment  # noqa: F401 (autouse fixture for this module)
 
 import madkit
 from madkit.cli import main
@@ -25,20 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
 ARGS = ["--num", "8", "--steps", "2", "--batch", "4"]
 NAME = "00000003-ema-ddim-s2-n8-seed0-proxy"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def environment(tmp_path_factory):
-    """A private cache (proxy extractor, rendered emoji), offline hub, one thread (tiny models on a
-    shared 2-core machine run several times faster without intra-op contention)."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MADKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    patch.undo()
 
 
 @pytest.fixture(scope="module")

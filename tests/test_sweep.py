@@ -10,7 +10,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-import torch
+from eval_helpers import environment  # noqa: F401 (autouse fixture for this module)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -88,18 +88,6 @@ def test_the_plot_is_a_png_even_for_odd_inputs(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module", autouse=True)
-def environment(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MADKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    patch.undo()
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[int, Path]:
     """Two 3-step runs of the tiny spec that differ only in D (2 and 1 of N = 4)."""

@@ -10,13 +10,37 @@ class UsageError(Exception):
     """Bad command-line input (exit code 2): say what was wrong and how to fix it."""
 
 
+def add_assignments_arg(p, flag: str, dest: str, help: str) -> None:
+    """A repeatable ``FLAG KEY=VALUE`` option collected into the list ``args.<dest>``."""
+    p.add_argument(flag, dest=dest, action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def add_spec_args(p) -> None:
     p.add_argument("spec", help="experiment spec (TOML)")
-    p.add_argument(
+    add_assignments_arg(
+        p,
         "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec value, e.g. --set train.steps=100 (TOML value syntax; bare words are strings)",
+        "sets",
+        "override a spec value, e.g. --set train.steps=100 (TOML value syntax; bare words are strings)",
     )
+
+
+def kind_table(kind: str, assignments: list[str], flag: str) -> dict:
+    """``{"kind": kind}`` with each KEY=VALUE of ``assignments`` set in it (dotted keys nest tables).
+
+    The values use ``--set`` syntax (madkit.spec_loading.parse_set); a malformed one is a UsageError
+    that names ``flag``, the option it came from.
+    """
+    from madkit.spec_loading import SpecLoadError, parse_set
+
+    table: dict = {"kind": kind}
+    for assignment in assignments:
+        try:
+            path, value = parse_set(assignment)
+        except SpecLoadError as exc:
+            raise UsageError(str(exc).replace("--set", flag)) from None
+        node = table
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return table

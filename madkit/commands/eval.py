@@ -9,7 +9,7 @@ with the same JSON an unsharded call writes.
 
 from __future__ import annotations
 
-from madkit.commands import UsageError
+from madkit.commands import UsageError, add_assignments_arg, kind_table
 
 
 def add_eval_args(p, default_num: int | None) -> None:
@@ -29,13 +29,11 @@ def add_eval_args(p, default_num: int | None) -> None:
         help="feature extractor kind: inception (needs its weights) or proxy (offline); default: proxy for the "
         "embedded OpenMoji data, inception otherwise",
     )
-    p.add_argument(
+    add_assignments_arg(
+        p,
         "--extractor-set",
-        dest="extractor_sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an extractor config key, e.g. weights=/models/pt_inception.pth (TOML value syntax)",
+        "extractor_sets",
+        "an extractor config key, e.g. weights=/models/pt_inception.pth (TOML value syntax)",
     )
     p.add_argument(
         "--reference",
@@ -63,7 +61,6 @@ def add_parser(sub) -> None:
 def build_request(args):
     """The parsed shared options as an ``engine.sweep.Request``; bad values are a UsageError."""
     from madkit.engine.sweep import Request
-    from madkit.spec_loading import SpecLoadError, parse_set
 
     if args.num < 2:
         raise UsageError(f"--num must be at least 2 (FID compares covariances), got {args.num}")
@@ -76,16 +73,7 @@ def build_request(args):
     if args.extractor or args.extractor_sets:
         if not args.extractor:
             raise UsageError("--extractor-set needs --extractor KIND")
-        extractor = {"kind": args.extractor}
-        for assignment in args.extractor_sets:
-            try:
-                path, value = parse_set(assignment)
-            except SpecLoadError as exc:
-                raise UsageError(str(exc).replace("--set", "--extractor-set")) from None
-            node = extractor
-            for part in path[:-1]:
-                node = node.setdefault(part, {})
-            node[path[-1]] = value
+        extractor = kind_table(args.extractor, args.extractor_sets, "--extractor-set")
     return Request(
         num=args.num, seed=args.seed, sampler=args.sampler, guidance=args.guidance, use_ema=not args.raw,
         batch=args.batch, metrics=metrics, extractor=extractor, reference=args.reference,

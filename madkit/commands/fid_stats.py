@@ -5,7 +5,7 @@ its images with the chosen extractor and writes mu, sigma, the extractor's name,
 and a content hash to an .npz that ``compute_metrics`` (and ``madkit eval``) accept as a reference.
 """
 
-from madkit.commands import UsageError
+from madkit.commands import UsageError, add_assignments_arg, kind_table
 
 
 def add_parser(sub) -> None:
@@ -17,33 +17,25 @@ def add_parser(sub) -> None:
         default="inception",
         help="extractor kind: inception (standard FID; needs its weights) or proxy (offline, trained on this data)",
     )
-    p.add_argument(
+    add_assignments_arg(
+        p,
         "--extractor-set",
-        dest="extractor_sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an extractor config key, e.g. weights=/models/inception.pth or epochs=20 (TOML value syntax)",
+        "extractor_sets",
+        "an extractor config key, e.g. weights=/models/inception.pth or epochs=20 (TOML value syntax)",
     )
     p.add_argument("--num", type=int, default=0, help="use a seeded random subset of N images (default: all)")
     p.add_argument("--batch-size", type=int, default=64, help="images per extractor call (default 64)")
     p.add_argument(
         "--keep-features", action="store_true", help="store the features too (KID and precision/recall need them)"
     )
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec value, e.g. --set data.resolution=32 (TOML value syntax)",
+    add_assignments_arg(
+        p, "--set", "sets", "override a spec value, e.g. --set data.resolution=32 (TOML value syntax)"
     )
 
 
 def run(args) -> int:
     from madkit.engine.evaluate import data_images, extract, load_data_config, resolve_extractor, save_reference
     from madkit.registry import Registry
-    from madkit.spec_loading import SpecLoadError, parse_set
 
     if args.num < 0:
         raise UsageError(f"--num must be >= 0 (0 = every image), got {args.num}")
@@ -51,16 +43,7 @@ def run(args) -> int:
         raise UsageError(f"--batch-size must be > 0, got {args.batch_size}")
     if not args.out.endswith(".npz"):
         raise UsageError(f"--out {args.out!r}: statistics files end in .npz")
-    table: dict = {"kind": args.extractor}
-    for assignment in args.extractor_sets:
-        try:
-            path, value = parse_set(assignment)
-        except SpecLoadError as exc:
-            raise UsageError(str(exc).replace("--set", "--extractor-set")) from None
-        node = table
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
+    table = kind_table(args.extractor, args.extractor_sets, "--extractor-set")
 
     registry = Registry.load()
     data = load_data_config(args.data_spec, args.sets, registry)

@@ -22,27 +22,18 @@ import attrs
 import torch
 
 from madkit.interfaces import Codec, SpecProblem
+from madkit.validators import at_least, positive
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _positive(_inst, attribute, value):
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
-
-
-def _non_negative(_inst, attribute, value):
-    if value < 0:
-        raise ValueError(f"must be >= 0 (0 = the VAE config's), got {value}")
 
 
 @attrs.frozen
 class SDVAEConfig:
     path: str = "stabilityai/sd-vae-ft-mse"  # local save_pretrained folder or hub id
     subfolder: str = ""  # e.g. "vae" inside a full pipeline folder
-    scaling_factor: float = attrs.field(default=0.0, validator=_non_negative)  # 0 = the VAE config's
-    downsample: int = attrs.field(default=8, validator=_positive)  # spatial factor f: latent side = side / f
-    latent_channels: int = attrs.field(default=4, validator=_positive)
+    scaling_factor: float = attrs.field(default=0.0, validator=at_least(0, "0 = the VAE config's"))  # 0 = the VAE config's
+    downsample: int = attrs.field(default=8, validator=positive)  # spatial factor f: latent side = side / f
+    latent_channels: int = attrs.field(default=4, validator=positive)
     dtype: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", *DTYPES)))  # auto: bf16 on GPU
     posterior: str = attrs.field(default="mean", validator=attrs.validators.in_(("mean", "sample")))
     slicing: bool = True  # encode/decode one image at a time: bounds memory at 1024px

@@ -18,14 +18,10 @@ import attrs
 from PIL import Image
 
 from madkit.interfaces import SpecProblem
+from madkit.validators import non_negative
 from madkit_data.base import ImageSource, IndexedImages
 from madkit_data.decoding import BadImageError, decode_image, on_bad_image_field
 from madkit_data.transforms import ImageTransform, crop_field, hflip_field, resolution_field
-
-
-def _non_negative(_inst, attribute, value):
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
 
 
 @attrs.frozen
@@ -35,7 +31,7 @@ class HFDiskConfig:
     image_column: str = "image"
     label_column: str = ""  # empty: unconditional (every label 0)
     # number of classes (a key distinct from the num_classes() method); 0: from the ClassLabel feature
-    classes: int = attrs.field(default=0, validator=_non_negative)
+    classes: int = attrs.field(default=0, validator=non_negative)
     resolution: int = resolution_field(256)
     crop: str = crop_field()
     hflip: bool = hflip_field()

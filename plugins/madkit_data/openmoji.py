@@ -31,6 +31,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont, features
 from torch.utils.data import Dataset
 
 from madkit.interfaces import SpecProblem
+from madkit.validators import at_least, within
 from madkit_data.base import ImageSource
 from madkit_data.emoji_groups import GROUPS, group_of, parse_sequence
 from madkit_data.transforms import ImageTransform, hflip_field, resolution_field, uint8_to_unit
@@ -50,21 +51,15 @@ def _colour(_inst, attribute, value: str) -> None:
         raise ValueError(f"{value!r} is not a colour; use a name (\"white\") or hex (\"#f0f0f0\")") from None
 
 
-def _padding(_inst, attribute, value: float) -> None:
-    if not 0.0 <= value < 0.5:
-        raise ValueError(f"must be within [0, 0.5) (a fraction of the side on each edge), got {value}")
-
-
-def _non_negative(_inst, attribute, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"must be >= 0 (0 = no limit), got {value}")
+_padding = within(0, 0.5, open_high=True, note="a fraction of the side on each edge")
+_limit = at_least(0, "0 = no limit")
 
 
 @attrs.frozen
 class OpenMojiConfig:
     resolution: int = resolution_field(64)
     groups: tuple[str, ...] = ()  # subset of GROUPS, in label order; empty = all groups
-    limit: int = attrs.field(default=0, validator=_non_negative)  # first N emoji after filtering; 0 = all
+    limit: int = attrs.field(default=0, validator=_limit)  # first N emoji after filtering; 0 = all
     skin_tones: bool = True  # false: drop the 5 skin-tone variants of people emoji (2/3 of people-body)
     labels: bool = True  # false: unconditional, every label 0 and num_classes() 0
     background: str = attrs.field(default="white", validator=_colour)

@@ -12,17 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from madkit.validators import positive
+
 CROPS = ("center", "random")
-
-
-def _positive(_inst, attribute, value):
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
 
 
 def resolution_field(default: int):
     """Side of the square output images, in pixels."""
-    return attrs.field(default=default, validator=_positive)
+    return attrs.field(default=default, validator=positive)
 
 
 def crop_field():

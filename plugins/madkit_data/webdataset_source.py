@@ -25,14 +25,10 @@ import torch
 from torch.utils.data import IterableDataset
 
 from madkit.interfaces import SpecProblem
+from madkit.validators import non_negative
 from madkit_data.base import ImageSource
 from madkit_data.decoding import BadImageError, SkipLog, decode_image, on_bad_image_field
 from madkit_data.transforms import ImageTransform, crop_field, hflip_field, resolution_field
-
-
-def _non_negative(_inst, attribute, value):
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
 
 
 @attrs.frozen
@@ -40,8 +36,8 @@ class WebDatasetConfig:
     shards: str  # a path or URL, with {a..b} brace ranges (required)
     image_key: str = "jpg;jpeg;png;webp"  # extensions to try, in order, separated by ";"
     class_key: str = ""  # e.g. "cls"; empty: unconditional
-    classes: int = attrs.field(default=0, validator=_non_negative)  # number of classes; needed with class_key
-    shuffle: int = attrs.field(default=0, validator=_non_negative)  # sample shuffle buffer; 0 = shard order
+    classes: int = attrs.field(default=0, validator=non_negative)  # number of classes; needed with class_key
+    shuffle: int = attrs.field(default=0, validator=non_negative)  # sample shuffle buffer; 0 = shard order
     shuffle_seed: int = 0  # the same on every rank, so ranks agree on the order
     resolution: int = resolution_field(256)
     crop: str = crop_field()

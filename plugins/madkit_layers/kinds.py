@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import attrs
 
+from madkit.validators import non_negative
 from madkit_layers.decoder_layer import DecoderLayer
 from madkit_layers.mlp_layer import MlpDenoisingLayer
 
 
-def _non_negative(_inst, attribute, value):
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-
-
 @attrs.frozen
 class _DecoderKind:
-    mlp_hidden: int = attrs.field(default=0, validator=_non_negative)  # 0 = the model's mlp_hidden
+    mlp_hidden: int = attrs.field(default=0, validator=non_negative)  # 0 = the model's mlp_hidden
     role = "ar"
     pattern = "skip-causal"
 
@@ -54,7 +50,7 @@ class LocalDiffusionLayerConfig(_DecoderKind):
 
 @attrs.frozen
 class MlpLayerConfig:
-    mlp_hidden: int = attrs.field(default=0, validator=_non_negative)
+    mlp_hidden: int = attrs.field(default=0, validator=non_negative)
     role = "diffusion"
     pattern = "none"
 

@@ -28,9 +28,3 @@ def comparable(generated: FeatureSet, reference: FeatureSet, metric: str) -> Non
             f"{metric}: generated features come from extractor {generated.extractor!r} but the reference "
             f"{reference.source} from {reference.extractor!r}; features of different networks cannot be compared"
         )
-
-
-def positive(_inst, attribute, value) -> None:
-    """attrs validator for counts."""
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")

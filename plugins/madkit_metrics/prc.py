@@ -13,7 +13,8 @@ from __future__ import annotations
 import attrs
 
 from madkit.interfaces import FeatureSet, Metric
-from madkit_metrics.checks import comparable, positive, require
+from madkit.validators import positive
+from madkit_metrics.checks import comparable, require
 
 
 @attrs.frozen

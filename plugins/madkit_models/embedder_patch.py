@@ -6,17 +6,13 @@ import attrs
 import torch
 from torch import nn
 
+from madkit.validators import positive
 from madkit_models.embedder_base import Embedder, TimestepEmbedder
-
-
-def _positive(_inst, attribute, value):
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
 
 
 @attrs.frozen
 class PatchEmbedderConfig:
-    patch: int = attrs.field(default=1, validator=_positive)
+    patch: int = attrs.field(default=1, validator=positive)
     requires_rectangular = False
 
     @property

@@ -14,26 +14,9 @@ import attrs
 
 from madkit.interfaces import SpecProblem
 from madkit.spec import slot
+from madkit.validators import non_negative, one_of, positive
 
 CONTEXTS = ("clean+condition", "clean", "condition")
-
-
-def _positive(_inst, attribute, value):
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
-
-
-def _non_negative(_inst, attribute, value):
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-
-
-def _choice(*options):
-    def check(_inst, attribute, value):
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {value!r}")
-
-    return check
 
 
 @attrs.frozen
@@ -42,23 +25,23 @@ class MadformerConfig:
     embedder: slot("embedder")  # type: ignore[valid-type]
     ar_layer: slot("layer") | None = None  # type: ignore[valid-type]  # None = kind "ar"
     diffusion_layer: slot("layer") | None = None  # type: ignore[valid-type]  # None = kind "diffusion"
-    width: int = attrs.field(default=1152, validator=_positive)
-    heads: int = attrs.field(default=18, validator=_positive)
-    mlp_hidden: int = attrs.field(default=4096, validator=_positive)
-    depth: int = attrs.field(default=28, validator=_positive)  # N
-    diffusion_depth: int = attrs.field(default=14, validator=_non_negative)  # D
+    width: int = attrs.field(default=1152, validator=positive)
+    heads: int = attrs.field(default=18, validator=positive)
+    mlp_hidden: int = attrs.field(default=4096, validator=positive)
+    depth: int = attrs.field(default=28, validator=positive)  # N
+    diffusion_depth: int = attrs.field(default=14, validator=non_negative)  # D
     shared_towers: bool = False
     # what the diffusion layers see: the clean stream and the AR condition (the method), only the clean
     # stream (the noisy block replaces the condition), or only the condition (one stream, no clean tower)
-    context: str = attrs.field(default="clean+condition", validator=_choice(*CONTEXTS))
-    hidden_loss_weight: float = attrs.field(default=0.1, validator=_non_negative)
+    context: str = attrs.field(default="clean+condition", validator=one_of(*CONTEXTS))
+    hidden_loss_weight: float = attrs.field(default=0.1, validator=non_negative)
     # U-Net skips for the hidden-loss prediction: "none" (zeros: no leak) or "noisy" (from x_t)
-    hidden_loss_skips: str = attrs.field(default="none", validator=_choice("none", "noisy"))
-    conditioning: str = attrs.field(default="none", validator=_choice("none", "class"))
-    label_dropout: float = attrs.field(default=0.1, validator=_non_negative)
-    attention: str = attrs.field(default="auto", validator=_choice("auto", "sdpa", "flex"))
-    rope_theta: float = attrs.field(default=10000.0, validator=_positive)
-    init_std: float = attrs.field(default=0.02, validator=_positive)
+    hidden_loss_skips: str = attrs.field(default="none", validator=one_of("none", "noisy"))
+    conditioning: str = attrs.field(default="none", validator=one_of("none", "class"))
+    label_dropout: float = attrs.field(default=0.1, validator=non_negative)
+    attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "flex"))
+    rope_theta: float = attrs.field(default=10000.0, validator=positive)
+    init_std: float = attrs.field(default=0.02, validator=positive)
 
     # ------------------------------------------------------------------ derived geometry
     def token_grid(self, latent_shape: tuple[int, int, int]) -> tuple[int, int]:

@@ -9,11 +9,11 @@ almost-clean or almost-pure-noise levels; the same schedule diffusers calls ``sq
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import attrs
 import torch
 
+from madkit.validators import within
 from madkit_diffusion.schedules.discrete import (
     DiscreteSchedule,
     validate_num_train_timesteps,
@@ -21,14 +21,8 @@ from madkit_diffusion.schedules.discrete import (
 )
 
 
-def _offset(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"must be within [0, 1), got {value}")
-
-
-def _max_beta(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"must be within (0, 1), got {value}")
+_offset = within(0, 1, open_high=True)
+_max_beta = within(0, 1, open_low=True, open_high=True)
 
 
 def cosine_alpha_bar(s: torch.Tensor, offset: float) -> torch.Tensor:

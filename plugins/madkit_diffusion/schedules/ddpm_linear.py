@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import torch
 
+from madkit.validators import within
 from madkit_diffusion.schedules.discrete import (
     DiscreteSchedule,
     validate_num_train_timesteps,
@@ -19,9 +20,7 @@ from madkit_diffusion.schedules.discrete import (
 )
 
 
-def _beta(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"must be within (0, 1), got {value}")
+_beta = within(0, 1, open_low=True, open_high=True)
 
 
 def _beta_end(inst: Any, attribute: attrs.Attribute, value: float) -> None:

@@ -20,6 +20,7 @@ import attrs
 import torch
 
 from madkit.interfaces import NoiseSchedule
+from madkit.validators import at_least, one_of
 from madkit_diffusion.schedules.broadcast import check_pair, expand_left
 
 # madkit name -> diffusers ``prediction_type``
@@ -33,13 +34,11 @@ def validate_prediction(_inst: Any, attribute: attrs.Attribute, value: str) -> N
             "'velocity' is the flow-matching target; DDPM-family schedules predict 'epsilon', 'v' or 'x0' "
             '(or use schedule kind = "flow")'
         )
-    if value not in DIFFUSERS_PREDICTION:
-        raise ValueError(f"must be one of 'epsilon', 'v', 'x0', got {value!r}")
+    _known_prediction(_inst, attribute, value)
 
 
-def validate_num_train_timesteps(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if value < 2:
-        raise ValueError(f"must be >= 2, got {value}")
+_known_prediction = one_of(*DIFFUSERS_PREDICTION)
+validate_num_train_timesteps = at_least(2)
 
 
 class DiscreteSchedule(NoiseSchedule):

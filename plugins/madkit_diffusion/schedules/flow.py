@@ -20,6 +20,7 @@ import attrs
 import torch
 
 from madkit.interfaces import NoiseSchedule
+from madkit.validators import positive
 from madkit_diffusion.schedules.broadcast import check_pair, expand_left
 
 TIME_SCALE = 1000.0  # model_time = t * TIME_SCALE; also the diffusers scheduler's num_train_timesteps
@@ -34,17 +35,12 @@ def _velocity_only(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
         )
 
 
-def _positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be > 0, got {value}")
-
-
 @attrs.frozen
 class FlowConfig:
     prediction: str = attrs.field(default="velocity", validator=_velocity_only)
     timestep_sampling: str = attrs.field(default="logit-normal", validator=attrs.validators.in_(TIMESTEP_SAMPLING))
     logit_mean: float = 0.0  # logit-normal only: m; > 0 puts more training on noisier t
-    logit_std: float = attrs.field(default=1.0, validator=_positive)  # logit-normal only: s
+    logit_std: float = attrs.field(default=1.0, validator=positive)  # logit-normal only: s
 
     def build(self) -> FlowSchedule:
         return FlowSchedule(self.timestep_sampling, self.logit_mean, self.logit_std)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from madkit.spec import slot
+from madkit.validators import at_least
 
 if TYPE_CHECKING:
     from madkit_metrics.extractors.proxy_net import ProxyExtractor
@@ -29,14 +30,6 @@ if TYPE_CHECKING:
 # Bump when the network or the training recipe changes: cached proxies trained differently must not be reused.
 RECIPE_VERSION = 1
 LAYERS = {"pool": "pool", "logits": "logits"}
-
-
-def _at_least(low: int):
-    def check(_inst, attribute, value):
-        if value < low:
-            raise ValueError(f"must be >= {low}, got {value}")
-
-    return check
 
 
 def _multiple_of(step: int):
@@ -60,11 +53,11 @@ class ProxyConfig:
     data: slot("data") | None = None  # type: ignore[valid-type]
     width: int = attrs.field(default=16, validator=_multiple_of(8))  # features are 4 * width wide
     resolution: int = attrs.field(default=32, validator=_multiple_of(4))  # images are resized to this first
-    epochs: int = attrs.field(default=12, validator=_at_least(1))
-    batch: int = attrs.field(default=128, validator=_at_least(1))
+    epochs: int = attrs.field(default=12, validator=at_least(1))
+    batch: int = attrs.field(default=128, validator=at_least(1))
     lr: float = 2e-3
     seed: int = 0
-    max_images: int = attrs.field(default=20000, validator=_at_least(0))  # seeded subset; 0 = all
+    max_images: int = attrs.field(default=20000, validator=at_least(0))  # seeded subset; 0 = all
     cache_dir: str = ""  # "" = default_cache_dir()
     device: str = "auto"
 
