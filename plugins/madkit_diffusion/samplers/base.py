@@ -22,6 +22,7 @@ import attrs
 import torch
 
 from madkit.interfaces import NoiseSchedule, Sampler, SpecProblem
+from madkit.validators import at_least, one_of
 
 DDPM_FAMILY = frozenset({"epsilon", "v", "x0"})
 FLOW = frozenset({"velocity"})
@@ -29,19 +30,9 @@ SPACINGS = ("trailing", "leading", "linspace")
 
 
 # --------------------------------------------------------------------------- config validators
-def validate_steps(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"must be >= 1, got {value}")
-
-
-def validate_guidance(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"must be >= 0 (1.0 turns classifier-free guidance off), got {value}")
-
-
-def validate_spacing(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
-    if value not in SPACINGS:
-        raise ValueError(f"must be one of {', '.join(repr(s) for s in SPACINGS)}, got {value!r}")
+validate_steps = at_least(1)
+validate_guidance = at_least(0, note="1.0 turns classifier-free guidance off")
+validate_spacing = one_of(*SPACINGS)
 
 
 # --------------------------------------------------------------------------- compatibility

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from madkit.interfaces import NoiseSchedule, SpecProblem
+from madkit.validators import within
 from madkit_diffusion.samplers.base import (
     DDPM_FAMILY,
     DiffusersSampler,
@@ -23,10 +24,7 @@ from madkit_diffusion.samplers.base import (
 )
 from madkit_diffusion.samplers.ddpm_family import discrete_times, scheduler_kwargs
 
-
-def _eta(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must be within [0, 1] (0 deterministic DDIM, 1 DDPM-like noise), got {value}")
+_eta = within(0.0, 1.0, note="0 deterministic DDIM, 1 DDPM-like noise")
 
 
 @attrs.frozen
