@@ -380,3 +380,10 @@ def test_webdataset_shuffle_is_seeded_per_pass_and_reads_every_shard(tmp_path):
     assert first == second  # another rank (or run) sees the same order
     assert first[0] != first[1]  # and each pass is shuffled anew
     assert sorted(first[0]) == sorted(first[1]) and len(set(first[0])) == 16  # every image, once per pass
+
+
+def test_shard_patterns_expand_without_the_webdataset_package():
+    from madkit_data.webdataset_source import expand_shards
+
+    assert expand_shards("a-{08..10}.tar::b-{x,y}.tar") == ["a-08.tar", "a-09.tar", "a-10.tar", "b-x.tar", "b-y.tar"]
+    assert expand_shards("plain.tar") == ["plain.tar"]
