@@ -37,6 +37,7 @@ table { border-collapse: collapse; font-size: .85em; } td, th { border: 1px soli
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: .8em; }
 figure { display: inline-block; margin: .5em; vertical-align: top; } figcaption { font-size: .8em; color: #555; }
+figure img { min-width: 276px; image-rendering: pixelated; }
 .note { color: #666; font-size: .85em; }
 """
 
