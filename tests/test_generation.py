@@ -20,6 +20,11 @@ VARIANTS = {
     "local": dict(partitioner="tiles", diffusion_layer={"kind": "local-diffusion"}),
     "shared": dict(partitioner="tiles", shared_towers=True),
     "mlp-head": dict(partitioner={"kind": "raster", "block_len": 1}, diffusion_layer={"kind": "mlp"}),
+    "class+condition-only": dict(partitioner="tiles", conditioning="class", num_classes=3, context="condition"),
+    "class+local": dict(partitioner="tiles", conditioning="class", num_classes=3,
+                        diffusion_layer={"kind": "local-diffusion"}),
+    "unet+class": dict(partitioner="tiles", embedder=TINY_UNET, latent_shape=(4, 8, 8), conditioning="class",
+                       num_classes=3),
 }
 
 
@@ -106,3 +111,36 @@ def test_bad_shard_is_refused():
         parse_shard("3")
     with pytest.raises(ValueError, match="0 <= i < k"):
         parse_shard("2/2")
+
+
+def test_bf16_autocast_keeps_the_residual_stream_fp32_and_both_paths_agree():
+    model = build(**VARIANTS["unet+class"])
+    x0, xt, mt = batch(model)
+    labels = torch.tensor([2, 0])
+    outputs = []
+
+    def record(module, args, out):
+        if out[1] is not None:  # clean passes return no noised stream
+            outputs.append(out[1].dtype)
+
+    hook = model.layers[-1].register_forward_hook(record)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.train()
+            losses = model.loss(model.from_blocks(x0), labels, _schedule(), torch.Generator().manual_seed(0))
+            losses["loss"].backward()
+            model.eval()
+            cached = _generate(model, range(2), 2, use_cache=True, guidance=2.0)
+            uncached = _generate(model, range(2), 2, use_cache=False, guidance=2.0)
+    finally:
+        hook.remove()
+    assert outputs and all(dtype == torch.float32 for dtype in outputs)
+    assert torch.isfinite(cached).all()
+    # bf16 matmuls: the two paths group their work differently, so they agree to bf16 precision only
+    assert _close(cached, uncached, 5e-2)
+
+
+def _schedule():
+    from madkit.registry import Registry
+
+    return Registry.load().get("schedule", "ddpm-linear").config_cls().build()

@@ -66,3 +66,10 @@ def test_sample_refuses_a_bad_shard(run_dir, capsys):
 def test_sample_names_a_missing_run(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nowhere")]) != 0
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_default_folders_name_every_setting_that_changes_pixels(run_dir):
+    assert main(["sample", str(run_dir), "--num", "1", "--steps", "2", "--seed", "3"]) == 0
+    assert main(["sample", str(run_dir), "--num", "1", "--steps", "2", "--seed", "3", "--raw"]) == 0
+    names = sorted(p.name for p in (run_dir / "samples").iterdir() if p.is_dir())
+    assert "00000002-ddim-2-g1-ema-s3" in names and "00000002-ddim-2-g1-raw-s3" in names

@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import attrs
     import torch
 
     from madkit.commands import UsageError
@@ -31,8 +32,8 @@ def run(args) -> int:
     from madkit.registry import Registry
     from PIL import Image
 
-    if args.num <= 0 or args.batch <= 0:
-        raise UsageError("--num and --batch must be positive")
+    if args.num <= 0 or args.batch <= 0 or (args.steps is not None and args.steps <= 0):
+        raise UsageError("--num, --batch and --steps must be positive")
     shard = parse_shard(args.shard)
     registry = Registry.load()
     device = resolve_device(args.device)
@@ -40,18 +41,24 @@ def run(args) -> int:
     experiment, model = load_for_inference(ckpt, registry, use_ema=not args.raw, device=device)
     sampler = experiment.sampler
     if args.sampler:
-        reg = registry.get("sampler", args.sampler)
-        sampler = reg.config_cls().build(schedule=experiment.schedule)
+        # another algorithm, but the spec's step count and guidance unless the flags say otherwise
+        config_cls = registry.get("sampler", args.sampler).config_cls
+        keep = {f.name: getattr(experiment.spec.sampler, f.name) for f in attrs.fields(config_cls)
+                if f.name in ("steps", "guidance") and hasattr(experiment.spec.sampler, f.name)}
+        sampler = config_cls(**keep).build(schedule=experiment.schedule)
     steps = args.steps or sampler.steps
+    guidance = sampler.guidance if args.guidance is None else args.guidance
     kind = args.sampler or registry.kind_of("sampler", experiment.spec.sampler)
-    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"{ckpt.name}-{kind}-{steps}"
+    # everything that changes the pixels is in the folder name, so runs with other settings never overwrite
+    name = f"{ckpt.name}-{kind}-{steps}-g{guidance:g}-{'raw' if args.raw else 'ema'}-s{args.seed}"
+    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / name
     out.mkdir(parents=True, exist_ok=True)
     codec = experiment.codec.to(device)
     indices = shard_indices(args.num, shard)
     written = []
     for idx, images in generate_images(
         model, sampler, codec, indices, args.seed, num_classes=experiment.num_classes,
-        batch=args.batch, steps=steps, guidance=args.guidance, use_cache=not args.no_cache, progress=True,
+        batch=args.batch, steps=steps, guidance=guidance, use_cache=not args.no_cache, progress=True,
     ):
         for i, image in zip(idx, images):
             path = out / f"{i:06d}.png"

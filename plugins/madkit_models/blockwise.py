@@ -8,8 +8,9 @@ Per block j (notation as in madformer.py):
   3. denoising loop: each step embeds x_t, adds the condition and runs only the diffusion layers on the
      B noisy tokens, attending the cached clean keys.
 The reference recomputes the clean stream in the diffusion layers at every step; here it is computed
-once per block. ``use_cache=False`` keeps that recomputing path (the whole prefix, every step) for
-testing and benchmarking: both give the same images.
+once per block. ``use_cache=False`` recomputes even more, the whole prefix through every layer at
+every step, as the plain definition of the model; it is kept for testing and benchmarking, and both
+paths give the same images.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from madkit_layers.attention import CachedPlan, LayerCache
 from madkit_layers.masks import CLEAN, NOISED
+from madkit_models.madformer import full_precision
 
 
 class BlockwiseSession:
@@ -28,7 +30,7 @@ class BlockwiseSession:
         self.caches = [LayerCache() for _ in model.layers]
         self.clean_tokens: list[torch.Tensor] = []  # [n, 1, b, d] per generated block
         if ctx is not None:
-            self._clean_pass(ctx, model.context_layout())
+            self._clean_pass(full_precision(ctx), model.context_layout())
 
     def _clean_pass(self, x: torch.Tensor, layout) -> None:
         plan = CachedPlan("clean", layout, self.caches)
@@ -43,7 +45,7 @@ class BlockwiseSession:
         tokens, _ = m.embed_blocks(cells[:, None], zeros)
         self.clean_tokens.append(tokens)
         if not m.single_stream:
-            self._clean_pass(tokens.flatten(1, 2), m.layout(CLEAN, [j]))
+            self._clean_pass(full_precision(tokens.flatten(1, 2)), m.layout(CLEAN, [j]))
 
     def condition(self, j: int) -> torch.Tensor:
         """AR pass for block j (clean blocks < j must have been added): condition [n, b, d]."""
@@ -51,7 +53,7 @@ class BlockwiseSession:
         if j == 0:
             x = m.boi.detach().expand(self.batch, -1, -1)  # generation never needs its gradient
         else:
-            x = self.clean_tokens[j - 1].flatten(1, 2)
+            x = full_precision(self.clean_tokens[j - 1].flatten(1, 2))  # as in training
         plan = CachedPlan("noised", m.layout(NOISED, [j]), self.caches, append_noised=m.single_stream)
         for layer in m.layers[: m.first_diffusion]:
             _, x = layer(None, x, plan)
@@ -61,7 +63,7 @@ class BlockwiseSession:
         """One denoising evaluation for block j: xt [n, b, k], model time mt [n] -> output [n, b, k]."""
         m = self.model
         tokens, aux = m.embed_blocks(xt[:, None], mt[:, None])
-        h = tokens.flatten(1, 2) if m.cfg.context == "clean" else cond + tokens.flatten(1, 2)
+        h = full_precision(tokens.flatten(1, 2)) if m.cfg.context == "clean" else cond + tokens.flatten(1, 2)
         adaln = m.adaln_condition(cond, mt[:, None])
         plan = CachedPlan("noised", m.layout(NOISED, [j]), self.caches)
         for layer in m.layers[m.first_diffusion :]:

@@ -102,13 +102,17 @@ class CostModel:
     def sample_cached(self, steps: int) -> tuple[int, int]:
         m, B, d, c = self.m, self.B, self.d, self.c
         flops = passes = 0
+        # the last clean-reading layer only computes clean keys/values: no clean attention there
+        clean_attends = [getattr(layer, "clean_output_needed", False) for layer in m.layers]
+        for i in range(m.last_clean_layer + 1 if c else 0):  # the context token's clean pass, once
+            flops += self.clean[i] * c + (4 * d * c * c if clean_attends[i] else 0)
         for j in range(self.T):
             keys = c + j * B + B  # the cache (context + clean or noised blocks < j) and the own block
             if j > 0:
                 flops += self.embed  # clean block j-1 is embedded once
                 if not m.single_stream:  # its clean pass, once
                     for i in range(m.last_clean_layer + 1):
-                        flops += self.clean[i] * B + 4 * d * B * (c + j * B)
+                        flops += self.clean[i] * B + (4 * d * B * (c + j * B) if clean_attends[i] else 0)
                         passes += 1
             for i in range(self.n_ar):  # AR pass, once
                 kv = B if self.patterns[i] == "intra-block" else keys

@@ -10,6 +10,8 @@ the released FFHQ configuration (64,820,480 + 144,739,460 parameters at width 11
 
 from __future__ import annotations
 
+import contextlib
+
 import attrs
 import torch
 from einops import rearrange
@@ -55,6 +57,15 @@ def _diffusers_blocks():
     return unet_2d_blocks
 
 
+def _embed_time(mlp: nn.Module, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The raw timestep through Linear(1 -> temb) in fp32: under bf16 autocast 997, 998 and 999 would
+    round to 996, 1000 and 1000."""
+    device = like.device.type
+    off = torch.autocast(device, enabled=False) if device in ("cpu", "cuda") else contextlib.nullcontext()
+    with off:
+        return mlp(t[:, None].to(mlp[0].weight.dtype)).to(like.dtype)
+
+
 class UNetDown(nn.Module):
     def __init__(self, cfg: UNetEmbedderConfig, latent_channels: int, width: int):
         super().__init__()
@@ -71,7 +82,7 @@ class UNetDown(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor):
         """x [N, c, H, W], t [N] -> features [N, d, H/2, W/2] and the skip tensors (stem first)."""
-        temb = self.time(t.float()[:, None].to(x.dtype))
+        temb = _embed_time(self.time, t, x)
         h = self.conv_in(x)
         skips = [h]
         h, states = self.block1(h, temb)
@@ -98,7 +109,7 @@ class UNetUp(nn.Module):
         self.layers_per_block = cfg.up_layers
 
     def forward(self, h: torch.Tensor, t: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        temb = self.time(t.float()[:, None].to(h.dtype))
+        temb = _embed_time(self.time, t, h)
         h = self.conv_in(h)
         n = self.layers_per_block
         # each up block consumes as many skips as it has ResNets, from the end of the list

@@ -63,6 +63,7 @@ class MADFormer(GenerativeModel):
         self.register_buffer("rope_cos", cos.view(self.T, self.B, head_dim), persistent=False)
         self.register_buffer("rope_sin", sin.view(self.T, self.B, head_dim), persistent=False)
         self.activation_checkpointing = False
+        self._plans: dict[tuple, FullPlan] = {}
         self.reset_parameters()
 
     def _freeze_dead_parameters(self) -> None:
@@ -171,10 +172,11 @@ class MADFormer(GenerativeModel):
         if tc:
             parts.append(clean_tokens.flatten(1, 2))
             layouts.append(self.layout(CLEAN, list(range(tc))))
-        xc = torch.cat(parts, dim=1) if parts else None
+        # the residual streams stay fp32 under autocast: only the matmuls run in bf16
+        xc = full_precision(torch.cat(parts, dim=1)) if parts else None
         clean_layout = _concat_layouts(layouts) if layouts else _empty_layout(self.rope_cos)
-        plan = FullPlan(clean_layout, self.layout(NOISED, noised_ids), backend=self.cfg.attention)
-        xn = noised_in.flatten(1, 2)
+        plan = self._full_plan(clean_layout, noised_ids, ctx is not None, tc)
+        xn = full_precision(noised_in.flatten(1, 2))
         cond = adaln = None
         for i, layer in enumerate(self.layers):
             if i == self.first_diffusion:
@@ -188,6 +190,17 @@ class MADFormer(GenerativeModel):
             else:
                 xc, xn = layer(xc_in, xn, plan, adaln)
         return xn.unflatten(1, (tn, self.B)), cond.unflatten(1, (tn, self.B))
+
+    def _full_plan(self, clean_layout: StreamLayout, noised_ids: list[int], has_ctx: bool, tc: int) -> FullPlan:
+        """Plans (and the masks they build) are reused while the layout repeats: every training step
+        has the same one, and building a FlexAttention block mask over ~8k tokens is not free."""
+        key = (tc, tuple(noised_ids), has_ctx, str(self.rope_cos.device))
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= 64:  # uncached generation walks through T layouts
+                self._plans.clear()
+            plan = self._plans[key] = FullPlan(clean_layout, self.layout(NOISED, noised_ids), self.cfg.attention)
+        return plan
 
     def adaln_condition(self, cond: torch.Tensor, mt: torch.Tensor) -> torch.Tensor | None:
         """cond [n, L, d] + timestep embedding per token, for attention-free (mlp) layers only."""
@@ -248,6 +261,12 @@ class MADFormer(GenerativeModel):
         from madkit_models.cost import model_cost
 
         return model_cost(self, steps)
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """Residual streams stay at least fp32 under autocast (bf16 residual additions over 28 layers
+    round away the small updates); only the matmuls inside the layers run in low precision."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def _concat_layouts(layouts: list[StreamLayout]) -> StreamLayout:
