@@ -8,6 +8,7 @@ Every helper here is a no-op (or the identity) in a single process.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 from typing import Any
@@ -66,7 +67,10 @@ def setup(device_preference: str) -> DistEnv:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kwargs)
+        # Rank 0 may encode a whole dataset into the latent cache while the others wait in a
+        # collective: NCCL's default 10-minute watchdog would kill every cold-cache run.
+        minutes = float(os.environ.get("MADKIT_DIST_TIMEOUT_MINUTES", 6 * 60))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=minutes), **kwargs)
         owns = True
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, owns)
 
