@@ -20,6 +20,7 @@ from torch import nn
 
 INTERFACES = (
     "partitioner",  # token grid -> ordered blocks
+    "rope",  # rotary position embedding of tokens on the grid
     "layer",  # one transformer layer for a role (ar / diffusion)
     "embedder",  # latent cells <-> tokens
     "model",  # a generative model assembled from the parts above
@@ -115,6 +116,49 @@ class Partitioner(ABC):
             raise ValueError(f"expected [..., {t}, {b}, c] blocks, got shape {tuple(blocks.shape)}")
         flat = blocks.movedim(-1, -3).flatten(-2)[..., self._inverse.to(blocks.device)]
         return flat.unflatten(-1, self.grid)
+
+
+# --------------------------------------------------------------------------- positions
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate) -> torch.Tensor:
+    """The one rotary formula every RoPE kind shares: ``x * cos + rotate(x) * sin``, computed in fp32
+    and cast back to x's dtype (bf16 angles would blur positions). x [..., L, e]; cos/sin [L, e]."""
+    x32 = x.float()
+    return (x32 * cos + rotate(x32) * sin).to(x.dtype)
+
+
+class RotaryEmbedding(ABC):
+    """Rotary position embedding (RoPE) of tokens on an h x w token grid.
+
+    Built with ``grid=(h, w)`` (the token grid) and ``head_dim=e``. A kind supplies two things, and
+    attention applies them to queries and keys with ``apply_rotary``:
+
+    - ``tables(positions)``: (cos, sin), each float32 [L, e], for the (row, col) of L tokens. A row
+      depends only on its own token's position: the tables of one block are exactly those rows of
+      the whole grid's tables, so the KV-cached path, the uncached path and training see the same
+      numbers, and a noised block gets exactly the rows of its clean twin (both sit at one place).
+    - ``rotate(x)``: how head dims pair up, a signed permutation of the last dim with
+      ``rotate(rotate(x)) == -x`` (rotate-half pairs dim i with dim i + e/2; madkit's axial kind
+      pairs within each axis' half). Linear and elementwise up to the permutation, so attention
+      kernels can fuse ``x * cos + rotate(x) * sin`` with the q/k norms.
+
+    Tables are computed once, when the model is built, and are shared by every head.
+    """
+
+    def __init__(self, grid: tuple[int, int], head_dim: int):
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.head_dim = int(head_dim)
+
+    @abstractmethod
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions long [L, 2] (row, col) -> (cos, sin) float32 [L, e] on positions' device."""
+
+    @abstractmethod
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., e] -> [..., e]: the signed pairing of head dims (same shape and dtype)."""
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [..., L, e] with the tables of its L tokens."""
+        return apply_rotary(x, cos, sin, self.rotate)
 
 
 # --------------------------------------------------------------------------- diffusion

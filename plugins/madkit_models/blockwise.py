@@ -37,12 +37,12 @@ class BlockwiseSession:
         for layer in self.model.layers[: self.model.last_clean_layer + 1]:
             x, _ = layer(x, None, plan)
 
-    def add_clean_block(self, cells: torch.Tensor) -> None:
-        """Block j = len(self.clean_tokens) is final: cells [n, b, k]."""
+    def add_clean_block(self, cells: torch.Tensor, mt: torch.Tensor) -> None:
+        """Block j = len(self.clean_tokens) is final: cells [n, b, k]; mt [n] the model time of its last
+        denoising step (what a "twin" clean timestep embeds it with)."""
         m = self.model
         j = len(self.clean_tokens)
-        zeros = torch.zeros(cells.shape[0], 1, device=cells.device)
-        tokens, _ = m.embed_blocks(cells[:, None], zeros)
+        tokens, _ = m.embed_blocks(cells[:, None], m.clean_model_time(mt[:, None]))
         self.clean_tokens.append(tokens)
         if not m.single_stream:
             self._clean_pass(full_precision(tokens.flatten(1, 2)), m.layout(CLEAN, [j]))
@@ -71,12 +71,15 @@ class BlockwiseSession:
         return m.unembed_blocks(h.unflatten(1, (1, m.B)), mt[:, None], aux)[:, 0]
 
 
-def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: torch.Tensor, mt: torch.Tensor):
-    """The reference path: the whole prefix (clean blocks < j and block j) recomputed for one step."""
+def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: torch.Tensor, mt: torch.Tensor,
+                     clean_mt: torch.Tensor | None = None):
+    """The reference path: the whole prefix (clean blocks < j and block j) recomputed for one step.
+    clean_mt [n, j]: the model time of each clean block's last denoising step."""
     n = xt.shape[0]
     if clean_blocks:
         clean = torch.stack(clean_blocks, dim=1)
-        clean_tokens, _ = model.embed_blocks(clean, torch.zeros(n, j, device=xt.device))
+        times = torch.zeros(n, j, device=xt.device) if clean_mt is None else clean_mt
+        clean_tokens, _ = model.embed_blocks(clean, model.clean_model_time(times))
     else:
         clean_tokens = xt.new_zeros(n, 0, model.B, model.cfg.width)
     # One stream: block j's AR layers attend the earlier noised blocks, so they join the sequence; the
@@ -112,11 +115,12 @@ def generate_blocks(model, sampler, generators, labels=None, steps=None, guidanc
     batch = 2 * n if use_cfg else n
     session = BlockwiseSession(model, ctx, batch) if use_cache else None
     blocks: list[torch.Tensor] = []
+    finals: list[torch.Tensor] = []  # per block: the model time [batch] of its loop's last step
     for j in range(model.T):
         if session is not None:
             if j > 0:
                 prev = blocks[j - 1]
-                session.add_clean_block(torch.cat([prev, prev]) if use_cfg else prev)
+                session.add_clean_block(torch.cat([prev, prev]) if use_cfg else prev, finals[j - 1])
             cond = session.condition(j)
         run = sampler.start(steps, device)
         x = per_image_noise(generators, (model.B, model.embedder.cell_dim), device, torch.float32)
@@ -129,11 +133,12 @@ def generate_blocks(model, sampler, generators, labels=None, steps=None, guidanc
                 out = session.predict(cond, j, x_in, mt)
             else:
                 prefix = [torch.cat([b, b]) if use_cfg else b for b in blocks]
-                out = uncached_predict(model, ctx, prefix, j, x_in, mt)
+                out = uncached_predict(model, ctx, prefix, j, x_in, mt, torch.stack(finals, 1) if finals else None)
             if use_cfg:
                 out = sampler.apply_guidance(*out.chunk(2), scale=guidance)
             x = run.step(out.float(), t, x, generators)
         blocks.append(x)
+        finals.append(mt)
     return torch.stack(blocks, dim=1)
 
 
@@ -144,6 +149,6 @@ def cached_teacher_forced(model, x0: torch.Tensor, xt: torch.Tensor, mt: torch.T
     preds = []
     for j in range(model.T):
         if j > 0:
-            session.add_clean_block(x0[:, j - 1])
+            session.add_clean_block(x0[:, j - 1], mt[:, j - 1])
         preds.append(session.predict(session.condition(j), j, xt[:, j], mt[:, j]))
     return torch.stack(preds, dim=1)
