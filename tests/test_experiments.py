@@ -108,13 +108,27 @@ def test_each_study_changes_one_thing_of_its_baseline(dataset):
     assert base["model"]["diffusion_depth"] == 14 and base["train"]["keep_ckpts"] >= 5
 
 
-def test_the_reference_ffhq_configuration_has_the_released_size(one_registry):
+@pytest.mark.parametrize("name", ["madformer_ffhq.toml", "madformer_ffhq_reference.toml"])
+def test_the_reference_ffhq_configuration_has_the_released_size(name, one_registry):
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = main(["flops", str(EXPERIMENTS / "madformer_ffhq.toml"), "--json"])
+        code = main(["flops", str(EXPERIMENTS / name), "--json"])
     assert code == 0
     cost = json.loads(buffer.getvalue())
     assert cost["parameters"] == 1_300_243_844 and cost["train_sequence_length"] == 8192
+
+
+def test_the_released_checkpoints_spec_changes_only_numerics():
+    from madkit.spec_loading import load_raw as resolve
+
+    base = _flat(resolve(EXPERIMENTS / "madformer_ffhq.toml")[0])
+    released = _flat(resolve(EXPERIMENTS / "madformer_ffhq_reference.toml")[0])
+    changed = {k for k in base.keys() | released.keys() if base.get(k) != released.get(k)}
+    assert changed == {
+        "name", "model.clean_timestep", "model.rope.kind", "sampler.spacing",
+        *(f"model.{tower}_layer.{key}" for tower in ("ar", "diffusion") for key in ("kind", "norm_eps", "qk_norm_eps")),
+    }
+    assert released["model.ar_layer.qk_norm_eps"] == released["model.diffusion_layer.qk_norm_eps"] == 1e-6
 
 
 def test_the_imagenet_base_is_class_conditional_on_a_16x16_token_grid(registry):
