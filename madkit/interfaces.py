@@ -298,6 +298,21 @@ class Codec(ABC):
 
 
 # --------------------------------------------------------------------------- model
+@attrs.frozen
+class ReferenceLayout:
+    """How a model's weights appear in the MADFormer authors' released checkpoint (``madkit import-reference``).
+
+    ``tensors`` maps each reference tensor name to (this model's state-dict name, the tensor's shape in
+    the reference file); a tensor is only ever reshaped (same values in the same order), never
+    transposed or split. ``args`` maps training arguments the reference stores (``args.diff_depth``,
+    ...) to (the value this model implies, the spec key it comes from), so a file trained with another
+    geometry is refused by name.
+    """
+
+    tensors: dict[str, tuple[str, tuple[int, ...]]]
+    args: dict[str, tuple[Any, str]]
+
+
 class GenerativeModel(nn.Module):
     """What the engine trains and samples from. Built with ``latent_shape=(c, h, w)`` and
     ``num_classes``. Implementations live in plugins (e.g. ``madformer``)."""
@@ -327,6 +342,11 @@ class GenerativeModel(nn.Module):
     def compute_cost(self, steps: int) -> dict[str, Any]:
         """Parameters, training FLOPs per image and sampling cost for ``steps`` denoising steps."""
         raise NotImplementedError
+
+    def reference_layout(self) -> ReferenceLayout:
+        """This model's weights under the released reference checkpoint's names. Raise
+        NotImplementedError (with the reason) when the model has no counterpart there."""
+        raise NotImplementedError(f"{type(self).__name__} has no counterpart in the released reference checkpoint")
 
 
 # --------------------------------------------------------------------------- metrics and sinks

@@ -1,11 +1,11 @@
-"""``madkit sample RUN_DIR_OR_CHECKPOINT --num N --steps S ...``: PNG files from a trained model."""
+"""``madkit sample RUN_DIR_OR_CHECKPOINT_OR_EXPORT --num N --steps S ...``: PNG files from a trained model."""
 
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sample", help="generate PNG images from a run folder or checkpoint (EMA weights by default)")
-    p.add_argument("checkpoint", help="run folder (its latest checkpoint) or a checkpoint folder")
+    p = sub.add_parser("sample", help="generate PNG images from a run, checkpoint or export (EMA weights by default)")
+    p.add_argument("checkpoint", help="run folder (its latest checkpoint), a checkpoint folder or an export folder")
     p.add_argument("--num", type=int, default=16, help="number of images")
     p.add_argument("--steps", type=int, default=None, help="denoising steps per block (default: the spec's sampler)")
     p.add_argument("--sampler", default=None, help="sampler kind, e.g. ddim or dpm-solver++ (default: the spec's)")
@@ -25,7 +25,7 @@ def run(args) -> int:
     import torch
 
     from madkit.commands import UsageError
-    from madkit.engine.checkpoint import load_for_inference, resolve_checkpoint
+    from madkit.engine.inference import load_for_inference, resolve_weights
     from madkit.engine.distributed import resolve_device
     from madkit.engine.generate import generate_images, parse_shard, shard_indices, to_uint8_hwc
     from madkit.engine.samples import save_grid
@@ -37,8 +37,8 @@ def run(args) -> int:
     shard = parse_shard(args.shard)
     registry = Registry.load()
     device = resolve_device(args.device)
-    ckpt = resolve_checkpoint(args.checkpoint)
-    experiment, model = load_for_inference(ckpt, registry, use_ema=not args.raw, device=device)
+    source = resolve_weights(args.checkpoint)
+    experiment, model = load_for_inference(source, registry, use_ema=not args.raw, device=device)
     sampler = experiment.sampler
     if args.sampler:
         # another algorithm, but the spec's step count and guidance unless the flags say otherwise
@@ -50,8 +50,8 @@ def run(args) -> int:
     guidance = sampler.guidance if args.guidance is None else args.guidance
     kind = args.sampler or registry.kind_of("sampler", experiment.spec.sampler)
     # everything that changes the pixels is in the folder name, so runs with other settings never overwrite
-    name = f"{ckpt.name}-{kind}-{steps}-g{guidance:g}-{'raw' if args.raw else 'ema'}-s{args.seed}"
-    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / name
+    name = f"{source.label}-{kind}-{steps}-g{guidance:g}-{'raw' if args.raw else 'ema'}-s{args.seed}"
+    out = Path(args.out) if args.out else source.home / "samples" / name
     out.mkdir(parents=True, exist_ok=True)
     codec = experiment.codec.to(device)
     indices = shard_indices(args.num, shard)

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic folders of plain state, found, validated, pruned and loaded for inference.
+"""Checkpoints: atomic folders of plain state, found, validated and pruned (``madkit.engine.inference``
+loads them, and exports, for sampling).
 
 Layout: ``RUN/checkpoints/<step, 8 digits>/`` holding
 
@@ -203,8 +204,10 @@ def load_weights(ckpt: str | Path, use_ema: bool, device: torch.device | str = "
 
 
 def stored_shapes(ckpt: str | Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes in ``model.safetensors`` without reading the data."""
-    with safe_open(Path(ckpt) / MODEL_FILE, framework="pt") as f:
+    """Tensor shapes in a checkpoint's ``model.safetensors`` (or in a given .safetensors file, e.g. an
+    export's) without reading the data."""
+    path = Path(ckpt)
+    with safe_open(path if path.suffix == ".safetensors" else path / MODEL_FILE, framework="pt") as f:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (a safetensors handle, not a dict)
 
 
@@ -265,26 +268,3 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-# --------------------------------------------------------------------------- inference
-def load_for_inference(run_dir_or_ckpt: str | Path, registry, use_ema: bool = True, device: torch.device | str = "cpu"):
-    """Rebuild a run's experiment from the spec stored in its checkpoint and load its weights.
-
-    Returns ``(experiment, model)``; ``model`` (eval mode, on ``device``) is ``experiment.model``.
-    ``run_dir_or_ckpt`` is a run folder (its latest checkpoint is used) or a checkpoint folder.
-    """
-    from madkit.build import build_experiment
-    from madkit.experiment_spec import structure_spec
-
-    ckpt = resolve_checkpoint(run_dir_or_ckpt)
-    state = load_state(ckpt)
-    if "spec" not in state:
-        raise CheckpointError(f"{ckpt / STATE_FILE} holds no resolved spec; it was not written by madkit")
-    spec = structure_spec(state["spec"], registry)
-    experiment = build_experiment(spec, registry, device=str(device))
-    model = experiment.model
-    check_compatible(ckpt, model, state["spec"], f"the spec stored in {ckpt}", state["spec"])
-    load_unwrapped(model, load_weights(ckpt, use_ema, device))
-    model.eval()
-    return experiment, model

@@ -205,14 +205,9 @@ def _data_credit(config_text: str) -> str:
 
 
 def _evaluations(run: RunDir) -> str:
-    records = []
-    for path in sorted((run.root / "eval").glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(record, dict) and isinstance(record.get("metric_values"), dict):
-            records.append(record)
+    from madkit.engine.sweep import read_eval_records
+
+    records = read_eval_records(run.root)
     if not records:
         return '<p class="note">No evaluations yet (eval/*.json from <code>madkit eval</code>).</p>'
     records.sort(key=lambda r: (r["checkpoint"]["step"], r["sampling"]["sampler"], r["sampling"]["steps"]))

@@ -35,7 +35,7 @@ import attrs
 import torch
 
 import madkit
-from madkit.engine.checkpoint import load_for_inference, resolve_checkpoint
+from madkit.engine.inference import load_for_inference, resolve_weights
 from madkit.engine.evaluate import extract, reference_images, resolve_extractor, resolve_metrics, to_uint8
 from madkit.engine.generate import generate_images, shard_indices
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
@@ -55,6 +55,19 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def read_eval_records(folder: str | Path) -> list[dict[str, Any]]:
+    """Every readable eval record under ``folder``/eval (unreadable or foreign JSON files are skipped)."""
+    records = []
+    for path in sorted((Path(folder) / EVAL_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("metric_values"), dict):
+            records.append(record)
+    return records
 
 
 # --------------------------------------------------------------------------- what is evaluated
@@ -98,13 +111,11 @@ class LoadedRun:
 
 
 def load_run(path: str | Path, registry: Registry, use_ema: bool, device: torch.device | str) -> LoadedRun:
-    """A run folder (its latest checkpoint) or a checkpoint folder, loaded for inference."""
-    ckpt = resolve_checkpoint(path)
-    experiment, model = load_for_inference(ckpt, registry, use_ema=use_ema, device=device)
-    # RUN/checkpoints/<step>/: records go to RUN/eval; a loose checkpoint folder keeps its own eval/
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-    return LoadedRun(ckpt, run_dir, int(ckpt.name) if ckpt.name.isdigit() else 0, experiment, model,
-                     "ema" if use_ema else "raw")
+    """A run folder (its latest checkpoint), a checkpoint folder or an export folder, loaded for inference.
+    Records go to RUN/eval for a run's checkpoints, and to the folder's own eval/ otherwise."""
+    source = resolve_weights(path)
+    experiment, model = load_for_inference(source, registry, use_ema=use_ema, device=device)
+    return LoadedRun(source.path, source.home, source.step, experiment, model, "ema" if use_ema else "raw")
 
 
 def point_name(run: LoadedRun, request: Request, sampler: str, steps: int, extractor_kind: str) -> str:

@@ -120,6 +120,11 @@ class Trainer:
             return None
         # on the CPU: RNG states must stay there, and the optimizer moves its state to the parameters
         state = checkpoint.load_state(self.ckpt, "cpu")
+        if "optimizer" not in state:  # e.g. a checkpoint made by `madkit import-reference`
+            raise checkpoint.CheckpointError(
+                f"{self.ckpt} holds weights but no optimizer state, so training cannot resume from it; "
+                "sample, evaluate or export it, or train into another folder (--out)"
+            )
         checkpoint.check_compatible(self.ckpt, self.model, self.loaded.raw, self.loaded.source, state.get("spec", {}))
         return state
 

@@ -267,6 +267,11 @@ class MADFormer(GenerativeModel):
 
         return model_cost(self, steps)
 
+    def reference_layout(self):
+        from madkit_models.reference_layout import reference_layout
+
+        return reference_layout(self)
+
 
 def full_precision(x: torch.Tensor) -> torch.Tensor:
     """Residual streams stay at least fp32 under autocast (bf16 residual additions over 28 layers
