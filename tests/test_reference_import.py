@@ -33,14 +33,23 @@ FFHQ = ROOT / "experiments" / "madformer_ffhq_reference.toml"
 _TOWER = {"clean": "0", "noised": "1"}
 APPENDIX_NAMES = [
     (r"boi", lambda m: "boi_block"),
-    (r"layers\.(\d+)\.(clean|noised)\.attn_norm\.(.+)", lambda m: f"blocks.{m[1]}.input_layernorm_list.{_TOWER[m[2]]}.{m[3]}"),
-    (r"layers\.(\d+)\.(clean|noised)\.mlp_norm\.(.+)",
-     lambda m: f"blocks.{m[1]}.post_attention_layernorm_list.{_TOWER[m[2]]}.{m[3]}"),
-    (r"layers\.(\d+)\.(clean|noised)\.(qkv|q_norm|k_norm)\.(.+)",
-     lambda m: f"blocks.{m[1]}.self_attn.{m[3]}_list.{_TOWER[m[2]]}.{m[4]}"),
+    (
+        r"layers\.(\d+)\.(clean|noised)\.attn_norm\.(.+)",
+        lambda m: f"blocks.{m[1]}.input_layernorm_list.{_TOWER[m[2]]}.{m[3]}",
+    ),
+    (
+        r"layers\.(\d+)\.(clean|noised)\.mlp_norm\.(.+)",
+        lambda m: f"blocks.{m[1]}.post_attention_layernorm_list.{_TOWER[m[2]]}.{m[3]}",
+    ),
+    (
+        r"layers\.(\d+)\.(clean|noised)\.(qkv|q_norm|k_norm)\.(.+)",
+        lambda m: f"blocks.{m[1]}.self_attn.{m[3]}_list.{_TOWER[m[2]]}.{m[4]}",
+    ),
     (r"layers\.(\d+)\.(clean|noised)\.out\.(.+)", lambda m: f"blocks.{m[1]}.self_attn.proj_list.{_TOWER[m[2]]}.{m[3]}"),
-    (r"layers\.(\d+)\.(clean|noised)\.(gate|up|down)\.(.+)",
-     lambda m: f"blocks.{m[1]}.mlp_list.{_TOWER[m[2]]}.{m[3]}_proj.{m[4]}"),
+    (
+        r"layers\.(\d+)\.(clean|noised)\.(gate|up|down)\.(.+)",
+        lambda m: f"blocks.{m[1]}.mlp_list.{_TOWER[m[2]]}.{m[3]}_proj.{m[4]}",
+    ),
     (r"embedder\.(down|up)\.time\.0\.(.+)", lambda m: f"{m[1]}sampler.time_embedding.linear_1.{m[2]}"),
     (r"embedder\.(down|up)\.time\.2\.(.+)", lambda m: f"{m[1]}sampler.time_embedding.linear_2.{m[2]}"),
     (r"embedder\.(down|up)\.(conv_in|conv_out)\.(.+)", lambda m: f"{m[1]}sampler.{m[2]}.{m[3]}"),
@@ -59,8 +68,19 @@ def as_reference(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
     return {prefix + appendix_name(k): (v[None] if k == "boi" else v).clone() for k, v in state.items()}
 
 
-ARGS = dict(diff_depth=2, ar_len=4, block_size=16, pre_downsample_block_size=64, spatial_len=64, vae_latent_size=3,
-            image_size=16, single_tower=False, lr=3e-4, results_dir="results", model_config_path="cfg.json")
+ARGS = dict(
+    diff_depth=2,
+    ar_len=4,
+    block_size=16,
+    pre_downsample_block_size=64,
+    spatial_len=64,
+    vae_latent_size=3,
+    image_size=16,
+    single_tower=False,
+    lr=3e-4,
+    results_dir="results",
+    model_config_path="cfg.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +146,9 @@ def test_the_released_layout_has_797_tensors_with_the_published_names_and_shapes
         own: name for name, (own, _) in layout.tensors.items()
     }
     assert {k: v for k, (v, _) in layout.args.items() if k in ("diff_depth", "ar_len", "block_size")} == {
-        "diff_depth": 14, "ar_len": 16, "block_size": 256,
+        "diff_depth": 14,
+        "ar_len": 16,
+        "block_size": 256,
     }
 
 
@@ -259,7 +281,9 @@ def test_more_layers_than_the_spec_are_named(models, tmp_path, capsys):
 
 def test_args_that_disagree_with_the_spec_are_named(models, tmp_path, capsys):
     experiment, _ = models
-    path = write_reference(tmp_path / "d7.pt", experiment.model.state_dict(), args={**ARGS, "diff_depth": 3, "ar_len": 2})
+    path = write_reference(
+        tmp_path / "d7.pt", experiment.model.state_dict(), args={**ARGS, "diff_depth": 3, "ar_len": 2}
+    )
     err = _refused(path, tmp_path / "run", capsys)
     assert "diff_depth = 3 (the spec: 2, model.diffusion_depth)" in err and "ar_len = 2 (the spec: 4" in err
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from madkit_models.blockwise import cached_teacher_forced
 from model_helpers import TINY_UNET, batch, build
 
 from madkit.engine.generate import generate_latents
 from madkit.registry import Registry
-from madkit_models.blockwise import cached_teacher_forced
 
 REFERENCE = dict(
     rope={"kind": "madformer-reference"},
@@ -41,8 +41,9 @@ def _sampler(kind: str, steps: int = 4, **options):
 
 def _generate(model, sampler, use_cache: bool) -> torch.Tensor:
     guidance = 2.0 if model.class_embed is not None else None
-    chunks = generate_latents(model, sampler, range(2), seed=3, num_classes=model.num_classes, batch=2,
-                              use_cache=use_cache, guidance=guidance)
+    chunks = generate_latents(
+        model, sampler, range(2), seed=3, num_classes=model.num_classes, batch=2, use_cache=use_cache, guidance=guidance
+    )
     return torch.cat([lat for _, lat in chunks])
 
 
@@ -87,8 +88,9 @@ def test_training_reaches_every_parameter_with_the_reference_numerics():
     from madkit_diffusion.schedules.ddpm_linear import DDPMLinearConfig
 
     model = build(**VARIANTS["reference"]).train()
-    losses = model.loss(torch.randn(2, *model.latent_shape), None, DDPMLinearConfig().build(),
-                        torch.Generator().manual_seed(0))
+    losses = model.loss(
+        torch.randn(2, *model.latent_shape), None, DDPMLinearConfig().build(), torch.Generator().manual_seed(0)
+    )
     losses["loss"].backward()
     unused = {name for name, p in model.named_parameters() if p.requires_grad and p.grad is None}
     assert torch.isfinite(losses["loss"]) and not unused, unused

@@ -4,6 +4,8 @@ and what sets them apart (the axial kind rotates; the released variant does not)
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +34,20 @@ class TestReferenceRope(RopeContract):
         return st.sampled_from([4, 6, 18]).map(
             lambda e: InvalidRopeCase((8, 8), e, ReferenceRopeConfig(), mentions=(f"got {e}", "madformer-reference"))
         )
+
+
+def _documented_kind():
+    """The RoPE kind docs/writing-plugins.md shows third parties, executed as written."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md").read_text()
+    code = re.search(r"^<!-- snippet: rope-kind -->\n```python\n(.*?)^```$", text, flags=re.M | re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "writing-plugins.md (rope-kind)", "exec"), namespace)
+    return namespace["TwoThetaRopeConfig"]
+
+
+class TestDocumentedRopeKind(RopeContract):
+    def valid_cases(self):
+        return rope_cases(_documented_kind()(), head_dims=(4, 8, 64))
 
 
 # --------------------------------------------------------------------------- the formulas, one dim at a time

@@ -15,11 +15,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "import-reference", help="import the MADFormer authors' released checkpoint (.pt) as a madkit run folder"
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="the released checkpoint, e.g. ckpts.pt from JunhaoC/MADFormer-FFHQ")
+    p.add_argument(
+        "checkpoint", metavar="CKPT", help="the released checkpoint, e.g. ckpts.pt from JunhaoC/MADFormer-FFHQ"
+    )
     p.add_argument(
         "--spec", required=True, help="the spec it was trained with, e.g. experiments/madformer_ffhq_reference.toml"
     )
-    add_assignments_arg(p, "--set", "sets", "override a spec value (TOML value syntax), e.g. --set data.path=/data/ffhq")
+    add_assignments_arg(
+        p, "--set", "sets", "override a spec value (TOML value syntax), e.g. --set data.path=/data/ffhq"
+    )
     p.add_argument("--out", required=True, help="the run folder to create (must not exist)")
 
 

@@ -25,9 +25,9 @@ def run(args) -> int:
     import torch
 
     from madkit.commands import UsageError
-    from madkit.engine.inference import load_for_inference, resolve_weights
     from madkit.engine.distributed import resolve_device
     from madkit.engine.generate import generate_images, parse_shard, shard_indices, to_uint8_hwc
+    from madkit.engine.inference import load_for_inference, resolve_weights
     from madkit.engine.samples import save_grid
     from madkit.registry import Registry
     from PIL import Image

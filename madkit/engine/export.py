@@ -174,7 +174,8 @@ def export_checkpoint(run_or_ckpt: str | Path, out: str | Path, registry) -> Pat
         cost = experiment.model.compute_cost(experiment.sampler.steps)
     except NotImplementedError:
         cost = None
-    records = [r for r in read_eval_records(run_dir) if r["checkpoint"]["step"] == step
-               and r["checkpoint"]["weights"] == "ema"]
+    records = [
+        r for r in read_eval_records(run_dir) if r["checkpoint"]["step"] == step and r["checkpoint"]["weights"] == "ema"
+    ]
     card = model_card(state["spec"], experiment, provenance, cost, records)
     return write_export(out, checkpoint.load_weights(ckpt, use_ema=True), state["spec"], provenance, card)

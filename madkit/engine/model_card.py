@@ -23,22 +23,31 @@ def _provenance(provenance: dict[str, Any]) -> list[str]:
         ]
         args = provenance.get("args") or {}
         if args:
-            shown = ", ".join(f"{k}={args[k]}" for k in sorted(args) if k in ("ar_len", "block_size", "diff_depth",
-                                                                                "image_size"))
+            shown = ", ".join(
+                f"{k}={args[k]}" for k in sorted(args) if k in ("ar_len", "block_size", "diff_depth", "image_size")
+            )
             lines.append(f"Training arguments stored in that file include: {shown or '(none of the geometry)'}.")
         return lines
     return [f"Trained with madkit (run `{provenance.get('run')}`, step {provenance.get('step')}); EMA weights."]
 
 
 def model_card(
-    spec: dict[str, Any], experiment, provenance: dict[str, Any], cost: dict[str, Any] | None,
+    spec: dict[str, Any],
+    experiment,
+    provenance: dict[str, Any],
+    cost: dict[str, Any] | None,
     records: list[dict[str, Any]],
 ) -> str:
     """Markdown for README.md. ``experiment`` is the spec built on the meta device; ``records`` are
     eval records of these weights (``madkit eval``)."""
     name = spec.get("name", "model")
     model, sampler = spec.get("model", {}), spec.get("sampler", {})
-    lines = [f"# {name}", "", f"A `{model.get('kind')}` model exported by madkit: EMA weights and the resolved spec.", ""]
+    lines = [
+        f"# {name}",
+        "",
+        f"A `{model.get('kind')}` model exported by madkit: EMA weights and the resolved spec.",
+        "",
+    ]
     lines += ["| | |", "|---|---|"]
     lines.append(_row("image", "x".join(str(s) for s in experiment.image_shape)))
     lines.append(_row("latent", f"{'x'.join(str(s) for s in experiment.latent_shape)} (codec {spec['codec']['kind']})"))
@@ -56,10 +65,19 @@ def model_card(
         for r in records:
             for metric, value in r["metric_values"].items():
                 s = r["sampling"]
-                lines.append(f"| {metric} | {value:.4f} | {r['extractor']} | {s['sampler']} | {s['steps']} | {s['num']} |")
+                lines.append(
+                    f"| {metric} | {value:.4f} | {r['extractor']} | {s['sampler']} | {s['steps']} | {s['num']} |"
+                )
         lines += ["", "Only values measured with the `inception-v3-compat` extractor compare with published FID.", ""]
     else:
         lines += ["None recorded for these weights (`madkit eval` on the run before exporting adds them here).", ""]
-    lines += ["## Use", "", "```bash", "madkit sample THIS_FOLDER --num 16 --grid", "madkit eval THIS_FOLDER --num 8000",
-              "```", ""]
+    lines += [
+        "## Use",
+        "",
+        "```bash",
+        "madkit sample THIS_FOLDER --num 16 --grid",
+        "madkit eval THIS_FOLDER --num 8000",
+        "```",
+        "",
+    ]
     return "\n".join(lines)

@@ -222,10 +222,14 @@ def import_reference(path: str | Path, loaded, registry, out: str | Path) -> Imp
 
     present = [k for k in WEIGHT_KEYS if isinstance(contents.get(k), dict)]
     weights_key, raw_key = present[0], ("model" if "model" in present and "ema" in present else None)
-    ema = map_weights(unwrapped(contents[weights_key], f"{path} [{weights_key!r}]"), layout, own,
-                      f"{path} [{weights_key!r}]")
-    raw = ema if raw_key is None else map_weights(unwrapped(contents[raw_key], f"{path} ['model']"), layout, own,
-                                                  f"{path} ['model']")
+    ema = map_weights(
+        unwrapped(contents[weights_key], f"{path} [{weights_key!r}]"), layout, own, f"{path} [{weights_key!r}]"
+    )
+    raw = (
+        ema
+        if raw_key is None
+        else map_weights(unwrapped(contents[raw_key], f"{path} ['model']"), layout, own, f"{path} ['model']")
+    )
     digest = sha256_of(path)
     provenance = {
         "source": "reference-import",

@@ -35,9 +35,9 @@ import attrs
 import torch
 
 import madkit
-from madkit.engine.inference import load_for_inference, resolve_weights
 from madkit.engine.evaluate import extract, reference_images, resolve_extractor, resolve_metrics, to_uint8
 from madkit.engine.generate import generate_images, shard_indices
+from madkit.engine.inference import load_for_inference, resolve_weights
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
 from madkit.registry import Registry
 

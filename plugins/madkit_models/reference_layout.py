@@ -79,7 +79,7 @@ def reference_name(name: str) -> str:
         inner = name.removeprefix("embedder.")
         for own, theirs in _EMBEDDER_PARTS.items():
             if inner.startswith(own + "."):
-                return theirs + inner[len(own):]
+                return theirs + inner[len(own) :]
     raise KeyError(f"no released-checkpoint name for MADFormer tensor {name!r}")
 
 
