@@ -15,27 +15,16 @@ Shapes: L tokens, e head dim, n batch, h heads.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 import torch
 
-try:
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-except ImportError as exc:  # hypothesis is a test dependency, not a runtime one
-    raise ImportError("madkit.testing needs hypothesis: pip install 'madkit[test]'") from exc
-
-from madkit.experiment_spec import dumps_toml
 from madkit.interfaces import RotaryEmbedding, apply_rotary
-from madkit.registry import Registry
-from madkit.spec import make_converter
+from madkit.testing.config_checks import ConfigContract, given, property_settings, st
 
-_settings = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.differing_executors, HealthCheck.too_slow]
-)
+_settings = property_settings(25)
 
 
 @attrs.frozen
@@ -70,65 +59,23 @@ def grid_positions(grid: tuple[int, int], device="cpu") -> torch.Tensor:
     return torch.stack((rows.flatten(), cols.flatten()), dim=-1)
 
 
-class RopeContract:
+class RopeContract(ConfigContract):
     """Subclass in a ``Test*`` class; implement ``valid_cases`` (and ``invalid_cases`` if any exist)."""
 
-    def valid_cases(self) -> st.SearchStrategy[RopeCase]:
-        raise NotImplementedError(f"{type(self).__name__} must define valid_cases() returning a strategy")
+    table = "rope"
 
-    def invalid_cases(self) -> st.SearchStrategy[InvalidRopeCase] | None:
-        return None
+    # valid_cases(): a strategy of RopeCase (rope_cases helps); invalid_cases() (optional): of InvalidRopeCase
+
+    def case_problems(self, case) -> list:
+        return case.config.problems(case.grid, case.head_dim)
+
+    def build_case(self, case) -> RotaryEmbedding:
+        return case.config.build(grid=case.grid, head_dim=case.head_dim)
 
     def _build(self, case: RopeCase) -> RotaryEmbedding:
-        rope = case.config.build(grid=case.grid, head_dim=case.head_dim)
+        rope = self.build_case(case)
         assert isinstance(rope, RotaryEmbedding), f"build() returned {type(rope).__name__}, not a RotaryEmbedding"
         return rope
-
-    # ------------------------------------------------------------------ the config
-    @_settings
-    @given(data=st.data())
-    def test_config_is_frozen_attrs_with_build_and_problems(self, data):
-        config = data.draw(self.valid_cases()).config
-        assert attrs.has(type(config)), "configs are attrs classes (the spec loader structures them)"
-        assert callable(getattr(config, "build", None)) and callable(getattr(config, "problems", None))
-        for field in attrs.fields(type(config))[:1]:
-            try:
-                setattr(config, field.name, getattr(config, field.name))
-            except attrs.exceptions.FrozenInstanceError:
-                continue
-            raise AssertionError(f"{type(config).__name__} must be frozen (@attrs.frozen)")
-
-    @_settings
-    @given(data=st.data())
-    def test_config_survives_a_toml_round_trip(self, data):
-        config = data.draw(self.valid_cases()).config
-        conv = make_converter(Registry())
-        text = dumps_toml({"rope": conv.unstructure(config)})
-        assert conv.structure(tomllib.loads(text).get("rope", {}), type(config)) == config, text
-
-    @_settings
-    @given(data=st.data())
-    def test_valid_cases_report_no_problems(self, data):
-        # `madkit validate` calls problems(grid, head_dim); it must agree with what build() accepts
-        case = data.draw(self.valid_cases())
-        assert list(case.config.problems(case.grid, case.head_dim)) == []
-
-    @_settings
-    @given(data=st.data())
-    def test_invalid_cases_are_refused_naming_the_numbers(self, data):
-        strategy = self.invalid_cases()
-        if strategy is None:
-            return
-        case = data.draw(strategy)
-        assert list(case.config.problems(case.grid, case.head_dim)), "problems() must report what build() refuses"
-        try:
-            case.config.build(grid=case.grid, head_dim=case.head_dim)
-        except ValueError as exc:
-            message = str(exc)
-        else:
-            raise AssertionError(f"{case.config!r} built for grid {case.grid}, head dim {case.head_dim}")
-        for needle in case.mentions:
-            assert needle in message, f"error message should mention {needle!r}: {message}"
 
     # ------------------------------------------------------------------ the tables
     @_settings
