@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from engine_fakes import one_thread  # noqa: F401  (autouse fixture: tiny models, one thread)
 from safetensors.torch import save_file
 
 from madkit.cli import main

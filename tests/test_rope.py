@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_fakes import one_thread  # noqa: F401  (autouse fixture: tiny models, one thread)
 from hypothesis import strategies as st
 from madkit_layers.rope import AxialRopeConfig, ReferenceRopeConfig, reference_axis_base
 from model_helpers import build, registry
@@ -28,7 +29,7 @@ class TestAxialRope(RopeContract):
 
 class TestReferenceRope(RopeContract):
     def valid_cases(self):
-        return rope_cases(ReferenceRopeConfig(), head_dims=(8, 16, 64), max_side=64)
+        return rope_cases(ReferenceRopeConfig(), head_dims=(8, 16, 64))  # sides to 16; the formula test: 64
 
     def invalid_cases(self):
         return st.sampled_from([4, 6, 18]).map(

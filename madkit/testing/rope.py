@@ -24,7 +24,7 @@ import torch
 from madkit.interfaces import RotaryEmbedding, apply_rotary
 from madkit.testing.config_checks import ConfigContract, given, property_settings, st
 
-_settings = property_settings(25)
+_settings = property_settings(15)
 
 
 @attrs.frozen
