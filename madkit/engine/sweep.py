@@ -36,7 +36,7 @@ import torch
 
 import madkit
 from madkit.engine.evaluate import extract, reference_images, resolve_extractor, resolve_metrics, to_uint8
-from madkit.engine.generate import generate_images, shard_indices
+from madkit.engine.generate import check_guidance, generate_images, shard_indices
 from madkit.engine.inference import load_for_inference, resolve_weights
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
 from madkit.registry import Registry
@@ -44,6 +44,20 @@ from madkit.registry import Registry
 EVAL_DIR = "eval"
 COST_KEYS = ("nfe", "layer_passes", "sample_flops_per_image")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Below this many images FID's upward bias (it shrinks like 1/N) and its noise dominate differences
+# between models; 2,048 is also the Inception feature width, below which the covariance is singular.
+RELIABLE_NUM = 2048
+
+
+def sample_size_note(num: int) -> str | None:
+    """A warning for FID-style figures from too few images, or None."""
+    if num >= RELIABLE_NUM:
+        return None
+    return (
+        f"note: {num} images is a small sample: FID is biased upward and noisy at this size (it falls as the "
+        f"count grows), so compare only figures measured with the same count; use --num {RELIABLE_NUM} or more "
+        "(the paper's protocol: 8,000) for figures to quote"
+    )
 
 
 def _log(message: str) -> None:
@@ -200,6 +214,7 @@ class Evaluator:
         """Evaluate ``run`` at ``steps`` (None: the sampler's). Returns the record written to
         RUN/eval/<name>.json, or None when this shard is done but others are still missing."""
         req = self.request
+        check_guidance(req.guidance, run.model.class_conditional)
         sampler, sampler_kind = self.sampler(run)
         steps = steps or sampler.steps
         if steps <= 0:
