@@ -89,6 +89,21 @@ def test_resuming_with_changed_training_values_refuses_unless_allowed(trained, t
     assert "resuming with changed values: train.lr 0.001 -> 0.0005, train.steps 2 -> 3" in (run / "train.log").read_text()
 
 
+def test_init_from_starts_a_fresh_run_from_the_ema_weights(trained, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "tuned"
+    # a learning rate so small that one step leaves the loaded weights as they were, to float precision
+    assert main(run_args(out, f"train.init_from={str(trained)!r}", "train.steps=1", "train.lr=1e-12")) == 0
+    assert f"starting from the weights of {trained / 'checkpoints' / '00000002'}" in capsys.readouterr().out
+    source = load_file(trained / "checkpoints" / "00000002" / "ema.safetensors")
+    tuned = load_file(out / "checkpoints" / "00000001" / "model.safetensors")
+    assert source.keys() == tuned.keys()
+    assert all(torch.allclose(source[k], tuned[k], atol=1e-6) for k in source)
+    fresh = load_file(trained / "checkpoints" / "00000002" / "model.safetensors")
+    assert any(not torch.allclose(fresh[k], tuned[k], atol=1e-6) for k in source)  # EMA, not the raw weights
+
+
 def test_threads_flag_and_auto_rule(monkeypatch):
     assert threads.choose_threads(3) == (3, "train.threads")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")

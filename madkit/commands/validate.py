@@ -12,12 +12,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from madkit.experiment_spec import load_spec
+    from madkit.experiment_spec import load_spec, spec_context
     from madkit.registry import Registry
 
     registry = Registry.load()
-    from madkit.experiment_spec import spec_context
-
     loaded = load_spec(args.spec, args.sets, registry, check_resources=not args.no_data)
     s = loaded.spec
     context = spec_context(s, registry)
@@ -25,13 +23,10 @@ def run(args) -> int:
         f"{iface}={registry.kind_of(iface, getattr(s, iface))}" for iface in ("data", "codec", "model", "sampler")
     )
     # the shapes show what --set swaps changed (a new data kind brings its own default resolution)
-    shapes = ", ".join(
-        f"{what} {'x'.join(map(str, context[key]))}" for what, key in (("images", "image_shape"), ("latents", "latent_shape"))
-        if key in context
-    )
-    classes = f", {context['num_classes']} classes" if context.get("num_classes") else ", unconditional"
+    named = (("images", "image_shape"), ("latents", "latent_shape"))
+    shapes = ", ".join(f"{what} {'x'.join(map(str, context[key]))}" for what, key in named if key in context)
     print(
-        f"{args.spec}: valid: {s.name!r} ({kinds}; {shapes}{classes}; {s.train.steps} steps, "
+        f"{args.spec}: valid: {s.name!r} ({kinds}; {shapes}; {s.train.steps} steps, "
         f"global batch {s.train.batch})"
     )
     for note in loaded.notes:
