@@ -31,7 +31,20 @@ _PUBLIC = {
     "TrainResult": "madkit.engine.train",
 }
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = [
+    "Experiment",
+    "ExperimentSpec",
+    "LoadedSpec",
+    "Pipeline",
+    "Registry",
+    "SpecError",
+    "TrainResult",
+    "__version__",
+    "experiment",
+    "load",
+    "load_spec",
+    "train",
+]
 
 
 def __getattr__(name: str):

@@ -13,7 +13,7 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture: one intra-o
 import madkit
 
 ROOT = Path(__file__).resolve().parents[1]
-FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 def examples(page: Path) -> list[str]:

@@ -82,9 +82,8 @@ def test_wandb_offline_run_holds_metrics_config_and_eval(tracked):
 
 
 def test_mlflow_local_run_holds_metrics_params_images_and_eval(tracked):
-    from mlflow.tracking import MlflowClient
-
     from madkit_sinks.mlflow_sink import RUN_FILE, local_tracking_uri
+    from mlflow.tracking import MlflowClient
 
     stored = json.loads((tracked / RUN_FILE).read_text())
     assert stored["tracking_uri"] == local_tracking_uri(tracked)
