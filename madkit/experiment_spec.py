@@ -218,6 +218,16 @@ def structure_spec(raw: dict[str, Any], registry: Registry) -> ExperimentSpec:
         raise SpecError([f"(stored spec): {p.path}: {p.message}" for p in exc.problems]) from None
 
 
+def with_current_defaults(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """A stored resolved spec re-resolved by this madkit: keys added since it was written get their
+    defaults, so comparing it with a new spec shows real changes only. Returned as is if it no longer
+    structures (a removed key or kind)."""
+    try:
+        return make_converter(registry).unstructure(structure_spec(raw, registry))
+    except SpecError:
+        return raw
+
+
 def _dotted(prefix: str, path: str) -> str:
     return f"{prefix}.{path}" if prefix and path else prefix or path
 

@@ -89,6 +89,17 @@ def test_resuming_with_changed_training_values_refuses_unless_allowed(trained, t
     assert "resuming with changed values: train.lr 0.001 -> 0.0005, train.steps 2 -> 3" in (run / "train.log").read_text()
 
 
+def test_a_checkpoint_from_before_a_new_spec_key_resumes_without_complaint(trained, tmp_path, capsys):
+    run = tmp_path / "older"
+    shutil.copytree(trained, run)
+    state_file = run / "checkpoints" / "00000002" / "state.pt"
+    state = torch.load(state_file, weights_only=True)
+    del state["spec"]["data"]["holdout"], state["spec"]["train"]["init_from"]  # keys this madkit added
+    torch.save(state, state_file)
+    assert main(run_args(run)) == 0  # the defaults fill them in: no change, nothing to refuse
+    assert "already trained to step 2" in capsys.readouterr().out
+
+
 def test_init_from_starts_a_fresh_run_from_the_ema_weights(trained, tmp_path, capsys):
     from safetensors.torch import load_file
 

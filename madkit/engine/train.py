@@ -49,7 +49,7 @@ from madkit.engine.run_dir import RunDir, collect_versions
 from madkit.engine.samples import sample_images, save_grid
 from madkit.engine.threads import apply_threads
 from madkit.engine.train_data import training_data
-from madkit.experiment_spec import LoadedSpec
+from madkit.experiment_spec import LoadedSpec, with_current_defaults
 
 
 class NonFiniteLossError(RuntimeError):
@@ -150,9 +150,8 @@ class Trainer:
                 "sample, evaluate or export it, or train into another folder (--out)"
             )
         checkpoint.check_compatible(self.ckpt, self.model, self.loaded.raw, self.loaded.source, state.get("spec", {}))
-        self.resume_changes = check_resume(
-            self.ckpt, state.get("spec", {}), self.loaded.raw, self.loaded.source, self.allow_changes
-        )
+        stored = with_current_defaults(state.get("spec", {}), registry)
+        self.resume_changes = check_resume(self.ckpt, stored, self.loaded.raw, self.loaded.source, self.allow_changes)
         return state
 
     def _prepare_training(self, state: dict[str, Any] | None) -> None:
