@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import importlib
 
+# the one place the version is written: pyproject.toml reads it from here (setuptools' attr:), and
+# `madkit --version` answers without scanning the installed packages' metadata
+__version__ = "0.1.0"
+
 _PUBLIC = {
     "load": "madkit.api",
     "Pipeline": "madkit.api",
@@ -48,15 +52,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "__version__":
-        # computed on first use: reading package metadata costs a noticeable part of `madkit --help`
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            value = version("madkit")
-        except PackageNotFoundError:  # running from a source tree that was never installed
-            value = "0.0.0+unknown"
-    elif name in _PUBLIC:
+    if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
     else:
         raise AttributeError(f"module 'madkit' has no attribute {name!r}")

@@ -14,20 +14,9 @@ import madkit
 from madkit.commands import COMMAND_MODULES, UsageError
 
 
-class _VersionAction(argparse.Action):
-    """``--version``; the version is read only when asked for (package metadata is slow to scan)."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, help="print madkit's version and exit")
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"madkit {madkit.__version__}")
-        parser.exit()
-
-
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="madkit", description="Mixed autoregressive and diffusion generation.")
-    parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument("--version", action="version", version=f"madkit {madkit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
     for name in COMMAND_MODULES:
