@@ -1,7 +1,7 @@
 """The Python API: what the command line does, for scripts and notebooks (see docs/api.md).
 
     import madkit
-    pipe = madkit.load("runs/quickstart")              # a run folder, a checkpoint folder, ...
+    pipe = madkit.load("runs/quickstart")              # a run, checkpoint or export folder, a hub id
     images = pipe.generate(16, seed=0)                 # 16 PIL images
     experiment = madkit.experiment("experiments/quickstart.toml", sets=["train.steps=10"])
     result = madkit.train({"extends": "experiments/quickstart.toml", "train": {"steps": 10}}, out="runs/q")
@@ -11,6 +11,7 @@ Everything here is a thin layer over the engine; the command line calls the same
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from typing import Any
 import torch
 
 from madkit.build import Experiment, build_experiment
-from madkit.engine.checkpoint import load_for_inference, resolve_checkpoint
+from madkit.engine import checkpoint, export
 from madkit.engine.distributed import resolve_device
 from madkit.engine.generate import to_uint8_hwc
+from madkit.engine.inference import WeightsSource, load_for_inference, resolve_weights
 from madkit.experiment_spec import LoadedSpec, load_spec
+from madkit.hub import push_folder, resolve_pretrained
 from madkit.registry import Registry
 
 SpecSource = str | Path | Mapping[str, Any] | LoadedSpec
@@ -71,21 +74,56 @@ class Pipeline:
     ``experiment.sampler``, ``experiment.num_classes``); ``model`` is in eval mode on ``device``.
     """
 
-    def __init__(self, experiment: Experiment, model: torch.nn.Module, source: str, weights: str):
-        self.experiment, self.model, self.source, self.weights = experiment, model, source, weights
+    def __init__(self, experiment: Experiment, model: torch.nn.Module, source: WeightsSource, weights: str):
+        self.experiment, self.model, self.weights_source, self.weights = experiment, model, source, weights
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path, *, weights: str = "ema", device: str = "auto", registry: Registry | None = None
+        cls,
+        source: str | Path,
+        *,
+        weights: str = "ema",
+        device: str = "auto",
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        registry: Registry | None = None,
     ) -> Pipeline:
-        """Load a run folder (its latest checkpoint) or a checkpoint folder; ``weights`` is ``"ema"``
-        (what training samples from) or ``"raw"``."""
+        """Load a run folder (its latest checkpoint), a checkpoint folder, an export folder
+        (``save_pretrained``, ``madkit export``) or a Hugging Face hub id (``owner/name``, optionally
+        ``@revision``; fetched into the hub cache, or read from it when ``HF_HUB_OFFLINE=1``).
+        ``weights`` is ``"ema"`` (what training samples from) or ``"raw"`` (checkpoints only)."""
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
         registry = registry or Registry.load()
-        ckpt = resolve_checkpoint(source)
-        experiment_, model = load_for_inference(ckpt, registry, use_ema=weights == "ema", device=resolve_device(device))
-        return cls(experiment_, model, str(ckpt), weights)
+        src = resolve_weights(resolve_pretrained(source, revision=revision, cache_dir=cache_dir))
+        experiment_, model = load_for_inference(src, registry, use_ema=weights == "ema", device=resolve_device(device))
+        return cls(experiment_, model, src, weights)
+
+    @property
+    def source(self) -> str:
+        return str(self.weights_source.path)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write this model as an export folder (EMA weights, their spec and provenance, a model card)
+        that ``from_pretrained`` and every ``madkit`` command load; ``folder`` must be new or empty."""
+        if self.weights != "ema":
+            raise ValueError("an export holds the EMA weights; load the pipeline with weights='ema' to save it")
+        src = self.weights_source
+        if src.kind == "checkpoint":
+            return export.export_checkpoint(src.path, folder, self.experiment.registry)
+        manifest = export.read_export(src.path)
+        card = (src.path / export.CARD_FILE).read_text() if (src.path / export.CARD_FILE).is_file() else ""
+        weights = checkpoint.unwrapped_state_dict(self.model)
+        return export.write_export(folder, weights, manifest.spec, manifest.provenance, card)
+
+    def push_to_hub(
+        self, repo_id: str, *, private: bool | None = None, token: str | None = None, message: str | None = None
+    ) -> str:
+        """Upload this model's export to the hub model repository ``repo_id`` (created if missing);
+        returns the commit's URL. Credentials: ``token`` or the usual ``huggingface-cli login``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "export")
+            return push_folder(folder, repo_id, private=private, token=token, message=message)
 
     @property
     def num_classes(self) -> int:

@@ -56,7 +56,7 @@ class TrainConfig:
     # auto: continue from the run folder's latest checkpoint | never: refuse a folder that has some |
     # a checkpoint folder: start from it when the run folder has none of its own yet
     resume: str = "auto"
-    # a run or checkpoint folder whose EMA weights a fresh run starts from (nothing else is restored)
+    # a run, checkpoint or export folder or a hub id whose EMA weights a fresh run starts from (nothing else)
     init_from: str = ""
     ddp_find_unused: bool = False  # DDP find_unused_parameters, for models with parameters a step may not use
     log_every: int = attrs.field(default=10, validator=positive)
@@ -108,9 +108,13 @@ class ExperimentSpec:
         if t.resume not in ("auto", "never") and not Path(t.resume).exists():
             yield SpecProblem("train.resume", f"checkpoint {t.resume!r} does not exist; use 'auto' or 'never'")
         if t.init_from and context.get("check_resources", True) and not Path(t.init_from).exists():
-            yield SpecProblem(
-                "train.init_from", f"{t.init_from!r} does not exist; give a run folder or a checkpoint folder"
-            )
+            from madkit.hub import looks_like_hub_id
+
+            if not looks_like_hub_id(t.init_from):
+                yield SpecProblem(
+                    "train.init_from",
+                    f"{t.init_from!r} does not exist; give a run, checkpoint or export folder, or a hub id (owner/name)",
+                )
 
 
 @attrs.frozen
