@@ -24,7 +24,7 @@ import statistics
 import attrs
 
 import madkit
-from madkit.engine.evaluate import compute_metrics, data_images, to_uint8
+from madkit.engine.evaluate import compute_metrics, data_images, to_uint8, with_proxy_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.run_dir}: its data holds nothing out (data.holdout = 0): no floor to compare with")
     train = attrs.evolve(data, split="train", hflip=False)
     heldout = attrs.evolve(data, split="heldout", hflip=False)
-    extractor = {"kind": "proxy", "data": {"kind": "openmoji", "resolution": data.resolution}}
+    # what `madkit eval runs/quickstart` uses: a proxy trained on all OpenMoji groups at this resolution
+    extractor = with_proxy_data({"kind": "proxy"}, data, pipe.experiment.registry)
     held_images = next(data_images(heldout).batches(1 << 20))
     n = len(held_images)
 

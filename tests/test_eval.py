@@ -191,3 +191,17 @@ def test_fid_stats_reports_proxy_training_progress_and_caches_under_madkit_cache
     err = capsys.readouterr().err
     assert "epoch 1/2: loss" in err and "epoch 2/2: loss" in err
     assert len(list((Path(os.environ["MADKIT_CACHE_DIR"]) / "extractors").glob("*-proxy-*.pt"))) >= 2
+
+
+def test_unlabelled_openmoji_data_gets_a_proxy_that_learns_from_every_group():
+    from madkit.engine.evaluate import with_proxy_data
+    from madkit_data.openmoji import OpenMojiConfig
+
+    registry = Registry.load()
+    faces = OpenMojiConfig(resolution=32, groups=("smileys-emotion",), labels=False)  # the quickstart's data
+    assert with_proxy_data({"kind": "proxy"}, faces, registry) == {
+        "kind": "proxy", "data": {"kind": "openmoji", "resolution": 32},
+    }
+    labelled = OpenMojiConfig(resolution=16, limit=64)
+    assert with_proxy_data({"kind": "proxy"}, labelled, registry) == {"kind": "proxy"}
+    assert with_proxy_data({"kind": "inception"}, faces, registry) == {"kind": "inception"}

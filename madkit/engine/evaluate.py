@@ -261,6 +261,23 @@ def _lazy(registry: Registry | None) -> Callable[[], Registry]:
     return get
 
 
+def with_proxy_data(table: dict[str, Any], data: Any, registry: Registry) -> dict[str, Any]:
+    """``table`` with a ``data`` table added where a ``proxy`` extractor could not learn from the
+    evaluation's own data: OpenMoji data with fewer than two classes (one group, or labels = false,
+    as in the quickstart) gets a proxy trained on every OpenMoji group at the same resolution."""
+    if table.get("kind") != "proxy" or "data" in table:
+        return table
+    try:
+        if registry.kind_of("data", data) != "openmoji":
+            return table
+    except LookupError:  # a data config no plugin registered (built by hand): nothing to say about it
+        return table
+    classes = data.num_classes() if callable(getattr(data, "num_classes", None)) else 0
+    if classes >= 2:
+        return table
+    return {**table, "data": {"kind": "openmoji", "resolution": data.resolution}}
+
+
 def resolve_extractor(extractor: Any, registry: Registry | None = None, data: Any = None) -> FeatureExtractor:
     """A built extractor from a kind, table, config or extractor; ``data`` is the data config an
     extractor that learns from data (the proxy) trains on unless its own config names one."""

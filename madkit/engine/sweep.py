@@ -35,7 +35,14 @@ import attrs
 import torch
 
 import madkit
-from madkit.engine.evaluate import extract, reference_images, resolve_extractor, resolve_metrics, to_uint8
+from madkit.engine.evaluate import (
+    extract,
+    reference_images,
+    resolve_extractor,
+    resolve_metrics,
+    to_uint8,
+    with_proxy_data,
+)
 from madkit.engine.generate import check_guidance, generate_images, shard_indices
 from madkit.engine.inference import load_for_inference, resolve_weights
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
@@ -156,9 +163,9 @@ class Evaluator:
         """The extractor asked for, else ``proxy`` for the embedded OpenMoji data (Inception knows
         nothing of emoji and needs downloaded weights) and ``inception`` for everything else."""
         if self.request.extractor is not None:
-            return dict(self.request.extractor)
+            return with_proxy_data(dict(self.request.extractor), run.data, self.registry)
         kind = self.registry.kind_of("data", run.data)
-        return {"kind": "proxy" if kind == "openmoji" else "inception"}
+        return with_proxy_data({"kind": "proxy" if kind == "openmoji" else "inception"}, run.data, self.registry)
 
     def _data_key(self, data: Any) -> dict[str, Any]:
         return {"kind": self.registry.kind_of("data", data), **attrs.asdict(data)}

@@ -147,7 +147,8 @@ class Trainer:
         if "optimizer" not in state:  # e.g. a checkpoint made by `madkit import-reference`
             raise checkpoint.CheckpointError(
                 f"{self.ckpt} holds weights but no optimizer state, so training cannot resume from it; "
-                "sample, evaluate or export it, or train into another folder (--out)"
+                "sample, evaluate or export it, start a new run from its weights (train.init_from), "
+                "or train into another folder (--out)"
             )
         checkpoint.check_compatible(self.ckpt, self.model, self.loaded.raw, self.loaded.source, state.get("spec", {}))
         stored = with_current_defaults(state.get("spec", {}), registry)
