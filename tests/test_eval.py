@@ -194,8 +194,9 @@ def test_fid_stats_reports_proxy_training_progress_and_caches_under_madkit_cache
 
 
 def test_unlabelled_openmoji_data_gets_a_proxy_that_learns_from_every_group():
-    from madkit.engine.evaluate import with_proxy_data
     from madkit_data.openmoji import OpenMojiConfig
+
+    from madkit.engine.evaluate import with_proxy_data
 
     registry = Registry.load()
     faces = OpenMojiConfig(resolution=32, groups=("smileys-emotion",), labels=False)  # the quickstart's data
