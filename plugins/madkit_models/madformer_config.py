@@ -45,7 +45,7 @@ class MadformerConfig:
     conditioning: str = attrs.field(default="none", validator=one_of("none", "class"))
     label_dropout: float = attrs.field(default=0.1, validator=non_negative)
     clean_timestep: str = attrs.field(default="zero", validator=one_of(*CLEAN_TIMESTEPS))
-    attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "flex"))
+    attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "block-sparse", "flex"))
     # legacy key (specs stored before [model.rope] existed): the theta of the default axial RoPE
     rope_theta: float | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
     init_std: float = attrs.field(default=0.02, validator=positive)
