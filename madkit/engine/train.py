@@ -41,7 +41,7 @@ from madkit.engine.model_setup import (
     enable_activation_checkpointing,
     weights_fingerprint,
 )
-from madkit.engine.optim import LRSchedule, build_optimizer
+from madkit.engine.optim import LRSchedule, build_optimizer, load_optimizer_state
 from madkit.engine.precision import resolve_precision
 from madkit.engine.resume_changes import check_resume
 from madkit.engine.resume_changes import describe as describe_changes
@@ -188,7 +188,7 @@ class Trainer:
         self.step, self.consumed = 0, 0
         if state is None:
             return
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.consumed = int(state["step"]), int(state["data"]["consumed"])
