@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 
 from madkit.build import build_experiment
+from madkit.engine.model_setup import compile_blocks
+from madkit.engine.optim import build_optimizer
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -29,40 +34,57 @@ CONFIGS = {
 }
 
 
-def measure(name: str, device: str, steps: int, warmup: int, dtype: torch.dtype | None) -> dict:
-    spec_path, sets, batch = CONFIGS[name]
+def build_step(
+    name: str,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    compile: bool = False,
+    sets: list[str] | None = None,
+    batch: int | None = None,
+):
+    """(step, info): ``step()`` runs one training step of configuration ``name`` on random latents
+    (forward + backward + AdamW as the trainer builds it, fused where torch has it); ``info`` holds the
+    model, its batch and its analytic cost."""
+    spec_path, base_sets, default_batch = CONFIGS[name]
+    batch = batch or default_batch
     registry = Registry.load()
-    spec = load_spec(spec_path, sets, registry, check_resources=False).spec
+    spec = load_spec(spec_path, [*base_sets, *(sets or [])], registry, check_resources=False).spec
     experiment = build_experiment(spec, registry, device=device)
     model = experiment.model.to(device).train()
-    cost = model.compute_cost(1)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    if compile:
+        compile_blocks(model)
+    opt = build_optimizer(model, spec.train)
     latents = torch.randn(batch, *experiment.latent_shape, device=device)
-    times = []
-    for i in range(warmup + steps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    labels = torch.randint(0, max(1, experiment.num_classes), (batch,), device=device)
+    labels = labels if experiment.num_classes else None
+
+    def step() -> None:
         with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
-            loss = model.loss(latents, None, experiment.schedule)["loss"]
+            loss = model.loss(latents, labels, experiment.schedule)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    step = statistics.median(times)
+
+    info = {"model": model, "spec": spec, "experiment": experiment, "batch": batch, "cost": model.compute_cost(1)}
+    return step, info
+
+
+def measure(name: str, device: str, steps: int, warmup: int, dtype: torch.dtype | None) -> dict:
+    step, info = build_step(name, device, dtype)
+    cost, batch = info["cost"], info["batch"]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    times = interleaved({name: step}, rounds=steps, warmup=warmup, sync=sync)[name]
+    step_s = statistics.median(times)
     return {
         "config": name,
         "device": device,
         "dtype": str(dtype).replace("torch.", "") if dtype else "fp32",
         "batch": batch,
         "parameters": cost["parameters"],
-        "step_s": step,
-        "images_per_s": batch / step,
-        "tokens_per_s": batch * cost["train_sequence_length_computed"] / step,
-        "train_tflops_per_s": batch * cost["train_flops_per_image"] / step / 1e12,
+        "step_s": step_s,
+        "images_per_s": batch / step_s,
+        "tokens_per_s": batch * cost["train_sequence_length_computed"] / step_s,
+        "train_tflops_per_s": batch * cost["train_flops_per_image"] / step_s / 1e12,
     }
 
 

@@ -17,17 +17,11 @@ HEADS, HEAD_DIM = 2, 8
 
 def _layouts(model, pattern: str, noised_ids: list[int] | None = None):
     """(clean layout, noised layout) of a training pass, or of uncached generation's pass for block j
-    when ``noised_ids`` is [j] (clean blocks < j)."""
-    from madkit_models.madformer import _concat_layouts, _empty_layout
-
+    when ``noised_ids`` is [j] (clean blocks < j), as the model builds them."""
     ids = list(range(model.T)) if noised_ids is None else noised_ids
-    parts = [model.context_layout()] if model.has_context else []
-    if pattern != "causal":
-        tc = model.T - 1 if noised_ids is None else ids[0]
-        if tc:
-            parts.append(model.layout(masks.CLEAN, list(range(tc))))
-    clean = _concat_layouts(parts) if parts else _empty_layout(model.rope_cos)
-    return clean, model.layout(masks.NOISED, ids)
+    tc = 0 if pattern == "causal" else (model.T - 1 if noised_ids is None else ids[0])
+    plan = model._full_plan(ids, model.has_context, tc)
+    return plan.clean, plan.noised
 
 
 def _qkv(length: int, gen: torch.Generator, grad: bool = True):

@@ -38,6 +38,7 @@ from madkit.engine.logs import Reporter, build_sinks, memory_gb
 from madkit.engine.model_setup import (
     LossModule,
     compile_blocks,
+    compile_cache_dir,
     enable_activation_checkpointing,
     weights_fingerprint,
 )
@@ -171,8 +172,11 @@ class Trainer:
             self.ema.load_state_dict(checkpoint.load_weights(self.ckpt, True, self.device), state["ema"]["updates"])
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model, self.model_kind)
+        self.compile_note = ""
         if cfg.compile:
             compile_blocks(self.model)
+            # the first step compiles (minutes on a CPU, less on a GPU); later runs load the cache
+            self.compile_note = f" | compiling blocks at the first step (cache {compile_cache_dir()})"
         self.loss_module: torch.nn.Module = LossModule(self.model, self.experiment.schedule)
         if env.distributed:  # DDP broadcasts rank 0's weights: every rank starts identical
             self.loss_module = DistributedDataParallel(
@@ -241,7 +245,7 @@ class Trainer:
             f"{self.spec.name}: {self.model_kind} model, {n_params:,} parameters; {source} at step "
             f"{self.step}, training to step {end} of {self.cfg.steps} | global batch {self.plan.global_batch} = "
             f"{self.env.world_size} rank(s) x {self.plan.accumulation} x {self.plan.micro_batch} | "
-            f"{self.precision.name} on {self.device}, {self.threads} | run folder {self.run_dir.root}"
+            f"{self.precision.name} on {self.device}, {self.threads}{self.compile_note} | run folder {self.run_dir.root}"
             + (f" | {self.data.note}" if self.data.note else "")
         )
 

@@ -86,10 +86,19 @@ class CostModel:
 
     def layer(self, i: int, tc: int, lo: int, hi: int) -> int:
         """FLOPs of layer i over context + clean 0..tc-1 (if it runs them) + noised lo..hi-1."""
+        clean_tokens = (self.c + tc * self.B) if i <= self.m.last_clean_layer else 0
+        return self.noised[i] * (hi - lo) * self.B + self.clean[i] * clean_tokens + self.attention(i, tc, lo, hi)
+
+    def attention(self, i: int, tc: int, lo: int, hi: int) -> int:
+        """Attention FLOPs of layer i over the same sequence: only the pairs the mask allows."""
         with_clean = i <= self.m.last_clean_layer
-        clean_tokens = (self.c + tc * self.B) if with_clean else 0
         pairs = attention_pairs(self.patterns[i], self.B, self.c, tc, lo, hi, with_clean, self.clean_queries[i])
-        return self.noised[i] * (hi - lo) * self.B + self.clean[i] * clean_tokens + 4 * self.d * pairs
+        return 4 * self.d * pairs
+
+    def train_attention_forward(self) -> int:
+        """Useful attention FLOPs of one training forward pass per image."""
+        tc = 0 if self.m.single_stream else self.T - 1
+        return sum(self.attention(i, tc, 0, self.T) for i in range(len(self.patterns)))
 
     def train_forward(self) -> tuple[int, int]:
         T, B = self.T, self.B
