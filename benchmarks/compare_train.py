@@ -187,7 +187,7 @@ def backends_in_the_step(rounds: int, warmup: int) -> None:
     print("\nattention backend in the whole training step (fp32), block-sparse / dense masks:")
     for label, sets, batch in GEOMETRIES:
         cases = {
-            backend: build_step("medium", sets=[*sets, f"model.attention={backend}"], batch=batch)[0]
+            backend: build_step("medium", batch=batch, sets=[*sets, f"model.attention={backend}"])[0]
             for backend in ("sdpa", "block-sparse")
         }
         times = interleaved(cases, rounds=rounds, warmup=warmup)
@@ -204,7 +204,7 @@ def group_sizes(rounds: int, warmup: int) -> None:
     from madkit_layers.attention import FullPlan
 
     label, sets, batch = GEOMETRIES[1]
-    model = build_step("medium", sets=sets, batch=batch)[1]["model"]
+    model = build_step("medium", batch=batch, sets=sets)[1]["model"]
     plan = model.training_plan()
     d, heads = model.cfg.width, model.cfg.heads
     gen = torch.Generator().manual_seed(0)

@@ -11,6 +11,7 @@ the training pass computes (``train_sequence_length_computed``) per image.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from madkit.build import build_experiment
-from madkit.engine.model_setup import compile_blocks
+from madkit.engine.model_setup import compile_blocks, enable_activation_checkpointing
 from madkit.engine.optim import build_optimizer
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
@@ -38,19 +39,24 @@ def build_step(
     name: str,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
-    compile: bool = False,
-    sets: list[str] | None = None,
     batch: int | None = None,
+    compile: bool = False,
+    activation_checkpointing: bool = False,
+    sets: list[str] | None = None,
 ):
-    """(step, info): ``step()`` runs one training step of configuration ``name`` on random latents
-    (forward + backward + AdamW as the trainer builds it, fused where torch has it); ``info`` holds the
-    model, its batch and its analytic cost."""
+    """(step, info): ``step()`` runs one training step of configuration ``name`` on random latents:
+    forward under autocast to ``dtype`` (None: fp32), backward, and the trainer's AdamW (fused where
+    torch has it). ``compile`` and ``activation_checkpointing`` prepare the model as the trainer does
+    (``train.compile``, ``train.activation_checkpointing``); ``sets`` are spec overrides. ``info``
+    holds the model, spec, batch and analytic cost."""
     spec_path, base_sets, default_batch = CONFIGS[name]
     batch = batch or default_batch
     registry = Registry.load()
     spec = load_spec(spec_path, [*base_sets, *(sets or [])], registry, check_resources=False).spec
     experiment = build_experiment(spec, registry, device=device)
     model = experiment.model.to(device).train()
+    if activation_checkpointing:
+        enable_activation_checkpointing(model, registry.kind_of("model", spec.model))
     if compile:
         compile_blocks(model)
     opt = build_optimizer(model, spec.train)
@@ -69,17 +75,33 @@ def build_step(
     return step, info
 
 
-def measure(name: str, device: str, steps: int, warmup: int, dtype: torch.dtype | None) -> dict:
-    step, info = build_step(name, device, dtype)
+def measure(
+    name: str,
+    device: str,
+    steps: int,
+    warmup: int,
+    dtype: torch.dtype | None,
+    batch: int | None = None,
+    compile: bool = False,
+    activation_checkpointing: bool = False,
+) -> dict:
+    """Median step time over ``steps`` after ``warmup`` steps (compilation happens in the warmup);
+    peak memory on CUDA."""
+    step, info = build_step(name, device, dtype, batch, compile, activation_checkpointing)
     cost, batch = info["cost"], info["batch"]
-    sync = torch.cuda.synchronize if device.startswith("cuda") else None
-    times = interleaved({name: step}, rounds=steps, warmup=warmup, sync=sync)[name]
-    step_s = statistics.median(times)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times = interleaved({name: step}, rounds=steps, warmup=warmup, sync=torch.cuda.synchronize if cuda else None)
+    step_s = statistics.median(times[name])
     return {
         "config": name,
         "device": device,
         "dtype": str(dtype).replace("torch.", "") if dtype else "fp32",
         "batch": batch,
+        "compiled": compile,
+        "activation_checkpointing": activation_checkpointing,
+        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         "parameters": cost["parameters"],
         "step_s": step_s,
         "images_per_s": batch / step_s,
@@ -94,6 +116,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--ffhq", action="store_true", help="also the FFHQ-1024 geometry (needs CUDA)")
     args = p.parse_args()
+    # one intra-op thread unless the caller chose: a shared machine's default threads crawl
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     runs = [("tiny", "cpu", None), ("medium", "cpu", None), ("medium", "cpu", torch.bfloat16)]
     if torch.cuda.is_available():
         runs += [("medium", "cuda", torch.bfloat16)]
