@@ -130,20 +130,17 @@ def test_adamw_is_fused_where_torch_has_it_and_its_state_loads_either_way():
     assert torch.allclose(results[0], results[1], atol=1e-6)
 
 
-def test_compiled_artifacts_are_kept_under_the_users_cache(monkeypatch, tmp_path):
-    from madkit.engine.model_setup import compile_cache_dir
-
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so teardown undoes what the call sets
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert compile_cache_dir() == tmp_path / "madkit" / "inductor"
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "madkit" / "inductor")  # what inductor reads
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
-    assert compile_cache_dir() == tmp_path / "mine"  # the user's choice wins
+def test_compiled_artifacts_are_kept_in_madkits_cache(monkeypatch, tmp_path):
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
+    from madkit.engine.model_setup import compile_cache_dir
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what inductor sets on import
-    assert compile_cache_dir() == tmp_path / "madkit" / "inductor"
+    monkeypatch.setenv("MADKIT_CACHE_DIR", str(tmp_path))
+    assert compile_cache_dir() == tmp_path / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")  # what inductor reads
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == tmp_path / "mine"  # the user's choice wins
 
 
 # --------------------------------------------------------------------------- EMA

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from madkit.cache import cache_root
 from madkit.interfaces import GenerativeModel, NoiseSchedule
 
 
@@ -74,13 +75,12 @@ def compile_targets(model: nn.Module) -> list[nn.Module]:
 def compile_cache_dir() -> Path:
     """Where torch.compile keeps what it built, so the next run of the same model loads it instead of
     compiling again (inductor's FX graph and AOTAutograd caches, and the generated kernels):
-    ``$TORCHINDUCTOR_CACHE_DIR`` when the user set it, else ``madkit/inductor`` under the user's cache
-    folder (``$XDG_CACHE_HOME``, default ``~/.cache``) rather than inductor's default under /tmp, which
-    a reboot empties."""
+    ``$TORCHINDUCTOR_CACHE_DIR`` when the user set it, else ``inductor/`` in madkit's cache folder
+    (``madkit.cache``) rather than inductor's default under /tmp, which a reboot empties."""
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if chosen and not _inductor_default(chosen):
         return Path(chosen)
-    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "madkit" / "inductor"
+    path = cache_root() / "inductor"
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # inductor reads it whenever it needs the folder
     try:  # and forgets any folder it resolved before (importing diffusers already makes it do so)
         from torch._inductor.utils import clear_caches
