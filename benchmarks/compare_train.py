@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from step import CONFIGS, build_step
+from step import build_step
 from timing import describe, describe_ratio, interleaved, ratio
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -115,21 +115,6 @@ def _flops(step) -> int:
     return counter.get_total_flops()
 
 
-def _meta_madkit_flops(name: str) -> int:
-    """Forward + backward FLOPs of one madkit training step (no optimizer), on the meta device."""
-    spec_path, sets, batch = CONFIGS[name]
-    registry = Registry.load()
-    spec = load_spec(spec_path, sets, registry, check_resources=False).spec
-    experiment = build_experiment(spec, registry, meta=True)
-    model = experiment.model.train()
-    latents = torch.randn(batch, *experiment.latent_shape, device="meta")
-
-    def step():
-        model.loss(latents, None, experiment.schedule)["loss"].backward()
-
-    return _flops(step)
-
-
 def step_against_dit(rounds: int, warmup: int, compiled: bool) -> None:
     mad_step, info = build_step("medium")
     model, batch = info["model"], info["batch"]
@@ -137,7 +122,7 @@ def step_against_dit(rounds: int, warmup: int, compiled: bool) -> None:
     cfg = info["spec"].model
     dit_eager, dit = dit_step(cfg, tokens, batch)
     flops = {
-        "madkit": _meta_madkit_flops("medium"),
+        "madkit": _flops(build_step("medium", device="meta")[0]),  # the optimizer step counts no FLOPs
         "dit": _flops(dit_step(cfg, tokens, batch, device="meta")[0]),
     }
     trainable = {

@@ -11,6 +11,7 @@ the training pass computes (``train_sequence_length_computed``) per image.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -65,7 +66,8 @@ def build_step(
     labels = labels if experiment.num_classes else None
 
     def step() -> None:
-        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+        autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype else contextlib.nullcontext()
+        with autocast:
             loss = model.loss(latents, labels, experiment.schedule)["loss"]
         loss.backward()
         opt.step()

@@ -61,8 +61,9 @@ class FullPlan:
     Each tower's queries attend in their own call, so nothing concatenates queries or splits outputs:
     clean queries read only clean keys (the rule never lets them see noised ones), noised queries read
     the clean and noised keys they may see. ``attend`` takes each tower's (q, k, v) and returns each
-    tower's output; how it computes them is the backend's business (``prepare``), decided once per
-    (pattern, which queries, whether clean keys exist) and kept for every later layer and step.
+    tower's output; how it computes them is the backend's business (``prepare``): masks or block
+    groups built once per (pattern, device, whether clean keys exist) and kept for every later layer
+    and step.
     """
 
     clean: StreamLayout
