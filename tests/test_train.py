@@ -128,6 +128,9 @@ def test_adamw_is_fused_where_torch_has_it_and_its_state_loads_either_way():
         steps(other, net, 2)
         results.append(net.lin.weight.detach())
     assert torch.allclose(results[0], results[1], atol=1e-6)
+    model.token.requires_grad_(False)  # a parameter frozen since the state was written
+    with pytest.raises(ValueError, match="set of trained parameters changed.*train.init_from"):
+        load_optimizer_state(build_optimizer(model, cfg), copy.deepcopy(state))
 
 
 def test_compiled_artifacts_are_kept_in_madkits_cache(monkeypatch, tmp_path):

@@ -90,6 +90,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     """Restore a checkpoint's optimizer state but keep this optimizer's implementation: a state saved
     by a fused AdamW (on a GPU, or a torch with a CPU kernel) carries ``fused=True`` in its groups,
     which would otherwise ask for a kernel this device or torch may not have."""
+    saved = [len(g["params"]) for g in state["param_groups"]]
+    trained = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != trained:
+        raise ValueError(
+            f"the checkpoint's optimizer state covers {sum(saved)} trained parameter tensors {saved} but this model "
+            f"trains {sum(trained)} {trained}: the set of trained parameters changed since it was written (a newer "
+            "madkit freezes parameters no computation reaches); start a new run from its weights with "
+            "train.init_from = <that run folder>"
+        )
     implementation = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable") if k in optimizer.defaults}
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:
