@@ -1,0 +1,199 @@
+"""FSDP2 (``train.strategy = "fsdp"`` / ``"hsdp"``) on the CPU with gloo ranks: the real tiny MADFormer,
+its real loss with noise on, the real trainer and CLI.
+
+The loss draws its noise and timesteps from a generator keyed by (seed, rank, step, micro-batch), so a
+global batch split over two ranks draws other numbers than one process taking it whole.
+``draws_of_ranks`` makes the one-process run draw exactly what rank r's micro-batch k drew, for the
+stream position that micro-batch held; everything else (data order, loss scaling, gradient
+reduction, clipping, AdamW, EMA, checkpoints) is the real code on both sides.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from madkit.cli import main as cli
+from madkit.engine import checkpoint, fsdp, rng
+from madkit.engine.sharded_checkpoint import read_full
+from madkit.engine.train import train
+from madkit.experiment_spec import load_spec
+from madkit.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments/tiny/madformer.toml"
+# batch 4 in micro-batches of one image: two ranks accumulate two each, one process four;
+# no flips (they draw from the global RNG, which is seeded per rank)
+COMMON = [
+    "data.hflip=false",
+    "train.steps=3",
+    "train.batch=4",
+    "train.micro_batch=1",
+    "train.ckpt_every=2",
+    "train.keep_ckpts=5",
+    "train.sample_num=2",
+    "train.sample_steps=2",
+    "log.sinks=[]",
+    "log.progress=false",
+]
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry.load()
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MADKIT_PLUGINS"}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    proc = subprocess.run([*cmd, "-m", "madkit", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def train_here(registry, out: Path, *sets: str):
+    """One process (a one-rank group when the strategy is sharded), one intra-op thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(load_spec(TINY, [*COMMON, *sets], registry), registry, out)
+    finally:
+        torch.set_num_threads(before)
+
+
+def draws_of_ranks(monkeypatch, ranks: int) -> None:
+    """One process, micro-batch k' holds stream position k'; with ``ranks`` ranks that position was
+    rank k' % ranks's micro-batch k' // ranks. Draw what that rank drew."""
+    real = rng.generator
+
+    def generator(seed, purpose, *coords, device="cpu"):
+        if purpose == "loss":
+            rank, step, k = coords
+            assert rank == 0
+            coords = (k % ranks, step, k // ranks)
+        return real(seed, purpose, *coords, device=device)
+
+    monkeypatch.setattr(rng, "generator", generator)
+
+
+def assert_same_weights(a: Path, b: Path, use_ema: bool) -> None:
+    wa, wb = checkpoint.load_weights(a, use_ema), checkpoint.load_weights(b, use_ema)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=TOL, rtol=0, msg=f"{a} vs {b} ({'ema' if use_ema else 'model'}): {k}")
+
+
+def step_dir(run: Path, step: int) -> Path:
+    return run / checkpoint.CHECKPOINTS / checkpoint.step_dir_name(step)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """3 steps of the tiny MADFormer on two FSDP ranks; sharded checkpoints at steps 2 and 3."""
+    out = tmp_path_factory.mktemp("fsdp") / "two"
+    sets = [f"--set={s}" for s in [*COMMON, "train.strategy=fsdp"]]
+    proc = torchrun(2, "run", str(TINY), "--out", str(out), *sets)
+    assert proc.stdout.count("run folder:") == 1  # rank 0 alone reports
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, registry) -> Path:
+    """The same 3 steps in one plain process (DDP strategy, no group), drawing what the ranks drew."""
+    with pytest.MonkeyPatch.context() as mp:
+        draws_of_ranks(mp, 2)
+        result = train_here(registry, tmp_path_factory.mktemp("fsdp") / "one")
+    return result.run_dir
+
+
+def test_two_fsdp_ranks_write_sharded_checkpoints_equal_to_one_process(two_ranks, one_process):
+    ckpt = step_dir(two_ranks, 3)
+    files = sorted(p.name for p in (ckpt / checkpoint.SHARDED_DIR).iterdir())
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its slices
+    assert not (ckpt / checkpoint.MODEL_FILE).exists()
+    state = checkpoint.load_state(ckpt)
+    assert state["layout"] == "sharded" and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert "optimizer" not in state  # it is sharded with the weights
+    assert (two_ranks / "samples" / "step_00000003.png").is_file()  # both ranks sampled, rank 0 wrote
+
+    # the names are the bare model's, with no wrapper segment
+    names = set(read_full(ckpt, "model"))
+    assert names == set(load_file(step_dir(one_process, 3) / checkpoint.MODEL_FILE))
+    assert not any("_fsdp" in n or "module." in n or "_orig_mod" in n for n in names)
+    for use_ema in (False, True):
+        assert_same_weights(ckpt, step_dir(one_process, 3), use_ema)
+
+
+def test_sharded_checkpoint_resumes_on_one_rank_and_across_strategies(two_ranks, one_process, registry, monkeypatch):
+    draws_of_ranks(monkeypatch, 2)
+    sharded_2 = step_dir(two_ranks, 2)
+    # written on two ranks, continued on one (still sharded, a one-rank group): the AdamW moments and
+    # the EMA are resharded; step 3 equals the uninterrupted two-rank step 3
+    one_rank = train_here(registry, two_ranks.parent / "one_rank", "train.strategy=fsdp", f"train.resume={sharded_2}")
+    # the same checkpoint continued by a plain process (whole tensors read from the slices)
+    plain = train_here(registry, two_ranks.parent / "plain", f"train.resume={sharded_2}")
+    # and a plain (whole) checkpoint continued sharded: positional AdamW state becomes named slices
+    from_whole = train_here(
+        registry, two_ranks.parent / "from_whole", "train.strategy=fsdp", f"train.resume={step_dir(one_process, 2)}"
+    )
+    assert checkpoint.is_sharded(one_rank.checkpoint) and checkpoint.is_sharded(from_whole.checkpoint)
+    assert checkpoint.load_state(one_rank.checkpoint)["world_size"] == 1
+    for run in (one_rank, plain, from_whole):
+        assert run.step == 3
+        for use_ema in (False, True):
+            assert_same_weights(run.checkpoint, step_dir(two_ranks, 3), use_ema)
+
+
+def test_consolidated_checkpoint_is_what_sample_reads(two_ranks, registry, tmp_path, capsys):
+    assert cli(["consolidate", str(two_ranks)]) == 0
+    out = two_ranks / "consolidated" / "00000003"
+    sharded = step_dir(two_ranks, 3)
+    for name, part in ((checkpoint.MODEL_FILE, "model"), (checkpoint.EMA_FILE, "ema")):
+        whole, slices = load_file(out / name), read_full(sharded, part)
+        assert whole.keys() == slices.keys() and all(torch.equal(whole[k], slices[k]) for k in whole)
+    assert checkpoint.load_state(out)["layout"] == "consolidated"
+    # sampling from the consolidated copy and from the shards gives the same images
+    for source, folder in ((out, tmp_path / "a"), (sharded, tmp_path / "b")):
+        args = ["sample", str(source), "--num", "2", "--steps", "2", "--out", str(folder), "--device", "cpu"]
+        assert cli(args) == 0
+    for i in range(2):
+        assert (tmp_path / "a" / f"{i:06d}.png").read_bytes() == (tmp_path / "b" / f"{i:06d}.png").read_bytes()
+
+    # mistakes: exit 2 with one line naming the folder
+    capsys.readouterr()
+    assert cli(["consolidate", str(two_ranks)]) == 2  # the consolidated folder exists
+    assert cli(["consolidate", str(out)]) == 2  # not sharded
+    err = capsys.readouterr().err
+    assert "already exists" in err and "is not sharded" in err
+    with pytest.raises(checkpoint.CheckpointError, match="consolidated copy for inference"):
+        train_here(registry, tmp_path / "bad", "train.strategy=fsdp", f"train.resume={out}")
+
+
+def test_strategy_spec_problems(registry):
+    from madkit.spec import SpecError
+
+    bad = [
+        ("train.shard_ranks=2", "train.shard_ranks"),
+        ("train.strategy=fsdp,train.precision=fp16", "train.precision"),
+        ("train.fsdp_param_dtype=bf16", "train.fsdp_param_dtype"),
+        ("train.strategy=zero3", "train.strategy"),
+    ]
+    for sets, key in bad:
+        with pytest.raises(SpecError) as info:
+            load_spec(TINY, sets.split(","), registry)
+        assert any(key in line for line in info.value.lines), (sets, info.value.lines)
+
+
+def test_hsdp_mesh_shape():
+    assert fsdp.mesh_shape("fsdp", 8, 0) == (8,)
+    assert fsdp.mesh_shape("hsdp", 8, 4) == (2, 4)
+    with pytest.raises(ValueError, match="train.shard_ranks = 3"):
+        fsdp.mesh_shape("hsdp", 8, 3)
