@@ -111,7 +111,9 @@ def _strategy_problems(t: TrainConfig):
     if t.shard_ranks and t.strategy != "hsdp":
         yield SpecProblem("train.shard_ranks", f"only train.strategy = 'hsdp' uses it (strategy is {t.strategy!r})")
     if sharded and t.precision == "fp16":
-        yield SpecProblem("train.precision", f"'fp16' is not supported with train.strategy = {t.strategy!r}; use 'bf16'")
+        yield SpecProblem(
+            "train.precision", f"'fp16' is not supported with train.strategy = {t.strategy!r}; use 'bf16'"
+        )
     if t.fsdp_param_dtype == "bf16" and t.precision in ("fp32", "fp16"):
         yield SpecProblem(
             "train.fsdp_param_dtype", f"'bf16' needs train.precision = 'bf16' (it is {t.precision!r}), or use 'auto'"

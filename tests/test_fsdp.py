@@ -54,7 +54,8 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MADKIT_PLUGINS"}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    proc = subprocess.run([*cmd, "-m", "madkit", *args], env=env, capture_output=True, text=True, timeout=600)
+    run = [*cmd, "-m", "madkit", *args]
+    proc = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -88,7 +89,9 @@ def assert_same_weights(a: Path, b: Path, use_ema: bool) -> None:
     wa, wb = checkpoint.load_weights(a, use_ema), checkpoint.load_weights(b, use_ema)
     assert wa.keys() == wb.keys()
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=TOL, rtol=0, msg=f"{a} vs {b} ({'ema' if use_ema else 'model'}): {k}")
+        torch.testing.assert_close(
+            wa[k], wb[k], atol=TOL, rtol=0, msg=f"{a} vs {b} ({'ema' if use_ema else 'model'}): {k}"
+        )
 
 
 def step_dir(run: Path, step: int) -> Path:
@@ -197,3 +200,77 @@ def test_hsdp_mesh_shape():
     assert fsdp.mesh_shape("hsdp", 8, 4) == (2, 4)
     with pytest.raises(ValueError, match="train.shard_ranks = 3"):
         fsdp.mesh_shape("hsdp", 8, 3)
+
+
+# --------------------------------------------------------------------------- slow: more ranks, more policies
+@pytest.mark.slow
+def test_one_rank_checkpoint_resumes_on_two(two_ranks, registry, monkeypatch):
+    draws_of_ranks(monkeypatch, 2)
+    first = train_here(registry, two_ranks.parent / "first_on_one", "train.strategy=fsdp", "train.steps=2")
+    monkeypatch.undo()
+    out = two_ranks.parent / "then_on_two"
+    sets = [f"--set={s}" for s in [*COMMON, "train.strategy=fsdp", f"train.resume={first.checkpoint}"]]
+    torchrun(2, "run", str(TINY), "--out", str(out), *sets)
+    for use_ema in (False, True):
+        assert_same_weights(step_dir(out, 3), step_dir(two_ranks, 3), use_ema)
+
+
+@pytest.mark.slow
+def test_hsdp_on_four_ranks_with_activation_checkpointing_equals_one_process(tmp_path, registry, monkeypatch):
+    """Two replicas of two shards each (a 2 x 2 mesh): gradients reduce-scattered within a pair and
+    all-reduced across the pairs; blocks recomputed in backward."""
+    hsdp = ["train.strategy=hsdp", "train.shard_ranks=2", "train.activation_checkpointing=true"]
+    torchrun(4, "run", str(TINY), "--out", str(tmp_path / "hsdp"), *[f"--set={s}" for s in [*COMMON, *hsdp]])
+    draws_of_ranks(monkeypatch, 4)
+    single = train_here(registry, tmp_path / "one")
+    for use_ema in (False, True):
+        assert_same_weights(step_dir(tmp_path / "hsdp", 3), single.checkpoint, use_ema)
+
+
+def initial_weights(registry, *sets: str) -> dict[str, torch.Tensor]:
+    """The weights every run of the spec starts from (rank 0's seeded initialisation)."""
+    from madkit.build import build_experiment
+
+    spec = load_spec(TINY, [*COMMON, *sets], registry).spec
+    rng.seed_globals(spec.seed, 0)
+    device = "cpu" if spec.train.device == "auto" else spec.train.device  # initialised where the run did
+    model = build_experiment(spec, registry, device=device).model
+    return {k: v.cpu() for k, v in checkpoint.unwrapped_state_dict(model).items()}
+
+
+def assert_similar_updates(a: dict, b: dict, start: dict, cosine: float) -> None:
+    """The training updates (weights minus their start) point the same way and have similar size."""
+    da = torch.cat([(a[k] - start[k]).flatten() for k in start])
+    db = torch.cat([(b[k] - start[k]).flatten() for k in start])
+    assert torch.nn.functional.cosine_similarity(da, db, dim=0) > cosine
+    assert 0.95 < da.norm() / db.norm() < 1.05
+
+
+@pytest.mark.slow
+def test_bf16_gathered_blocks_train_like_bf16_autocast(tmp_path, registry, monkeypatch):
+    """train.precision = bf16 under FSDP gathers the blocks in bf16; one process runs bf16 autocast
+    over fp32 weights. Rounding differs, so the updates are compared, not the bits."""
+    bf16 = ["train.precision=bf16"]
+    sets = [f"--set={s}" for s in [*COMMON, *bf16, "train.strategy=fsdp"]]
+    torchrun(2, "run", str(TINY), "--out", str(tmp_path / "fsdp"), *sets)
+    draws_of_ranks(monkeypatch, 2)
+    single = train_here(registry, tmp_path / "one", *bf16)
+    start = initial_weights(registry, *bf16)
+    sharded = checkpoint.load_weights(step_dir(tmp_path / "fsdp", 3), False)
+    assert_similar_updates(sharded, checkpoint.load_weights(single.checkpoint, False), start, cosine=0.99)
+
+
+# --------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+def test_cuda_fsdp_bf16_compiled_trains_like_ddp(tmp_path, registry):
+    """One CUDA rank (an nccl group of one), blocks gathered in bf16 and compiled, against the plain
+    bf16 autocast run; FlexAttention on both."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cuda = ["train.device=cuda", "train.precision=bf16", "train.compile=true", "train.batch=8", "train.micro_batch=4"]
+    sharded = train_here(registry, tmp_path / "fsdp", *cuda, "train.strategy=fsdp")
+    plain = train_here(registry, tmp_path / "plain", *cuda)
+    start = initial_weights(registry, *cuda)
+    a = checkpoint.load_weights(sharded.checkpoint, False)
+    b = checkpoint.load_weights(plain.checkpoint, False)
+    assert_similar_updates(a, b, start, cosine=0.98)

@@ -378,7 +378,13 @@ class Trainer:
         if self.sharded:
             path = str(
                 sharded_checkpoint.save(
-                    self.run_dir.root, self.step, env, self.model, self.ema.module, self.optimizer, state,
+                    self.run_dir.root,
+                    self.step,
+                    env,
+                    self.model,
+                    self.ema.module,
+                    self.optimizer,
+                    state,
                     self.cfg.keep_ckpts,
                 )
             )
