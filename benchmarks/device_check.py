@@ -15,13 +15,13 @@ a crash or a timeout in one still leaves the others' figures; the JSON is rewrit
   sample      Cached block-wise generation (``generate_latents``, the model's own ``generate``) of the FFHQ
               model with random weights under bf16 autocast, at 25 and 250 sampler steps: img/s of
               latents (the SD-VAE decode is not included: its weights are not on the device machine).
-  torchrun    ``torchrun --nproc_per_node=1 -m madkit run`` of the tiny spec on generated images, with
-              ``train.strategy`` ddp and fsdp: exit status, img/s, final loss.
+  torchrun    ``torchrun --nproc_per_node=1 -m madkit run`` of the tiny spec on generated images (precision
+              auto, so bf16), with ``train.strategy`` ddp, and fsdp compiled: exit status, img/s, final loss.
   pytest-gpu  ``pytest -m gpu``.
 
 Without CUDA it stops at once with exit code 2 unless ``--cpu-smoke`` is given: then every section runs
-the same code at tiny sizes on the CPU (the tiny spec for both models, fewer steps), which is how the
-script itself is tested. Exit code 0 when every section passed, 1 otherwise.
+the same code at tiny sizes on the CPU (the tiny spec for both models, fewer steps, no compilation),
+which is how the script itself is tested. Exit code 0 when every section passed, 1 otherwise.
 
 A device machine without network needs madkit's missing dependencies as wheels first:
 benchmarks/device_setup.sh says how.
@@ -49,16 +49,15 @@ ROOT = HERE.parent
 TINY_SPEC = ROOT / "experiments/tiny/madformer.toml"
 FFHQ_SPEC = ROOT / "experiments/madformer_ffhq.toml"
 # seconds per section on the device (8 minutes in all) and in a CPU smoke run
-BUDGETS = {"train-step": 210, "sample": 110, "torchrun": 60, "pytest-gpu": 100}
+BUDGETS = {"train-step": 200, "sample": 110, "torchrun": 90, "pytest-gpu": 80}
 SMOKE_BUDGETS = {"train-step": 240, "sample": 120, "torchrun": 240, "pytest-gpu": 240}
 
 
 # --------------------------------------------------------------------------- sections (run in a child process)
 def section_train_step(args, record: Callable[[str, object], None]) -> None:
     import torch
-    from step import measure
-    from train import peak_flops
 
+    measure, peak_flops = _benchmark("step").measure, _benchmark("train").peak_flops
     config, device = ("tiny", "cpu") if args.cpu_smoke else ("ffhq", "cuda")
     peak = peak_flops(args.peak_tflops)
     record("peak_tflops", peak / 1e12 if peak else None)
@@ -70,7 +69,7 @@ def section_train_step(args, record: Callable[[str, object], None]) -> None:
             warmup=args.warmup,
             dtype=torch.bfloat16,
             batch=args.train_batch,
-            compile=not args.no_compile,
+            compile=not (args.no_compile or args.cpu_smoke),  # compiling costs minutes on a CPU
             activation_checkpointing=checkpointing,
         )
         result["mfu"] = result["train_tflops_per_s"] * 1e12 / peak if peak else None
@@ -80,7 +79,6 @@ def section_train_step(args, record: Callable[[str, object], None]) -> None:
 
 def section_sample(args, record: Callable[[str, object], None]) -> None:
     import torch
-    from train import peak_flops
 
     from madkit.build import build_experiment
     from madkit.engine.generate import generate_latents
@@ -92,7 +90,7 @@ def section_sample(args, record: Callable[[str, object], None]) -> None:
     spec = load_spec(TINY_SPEC if args.cpu_smoke else FFHQ_SPEC, [], registry, check_resources=False).spec
     experiment = build_experiment(spec, registry, device=device)
     model = experiment.model.eval()
-    peak = peak_flops(args.peak_tflops)
+    peak = _benchmark("train").peak_flops(args.peak_tflops)
     batch = args.sample_batch
 
     def autocast():
@@ -142,9 +140,12 @@ def section_torchrun(args, record: Callable[[str, object], None]) -> None:
     device = "cpu" if args.cpu_smoke else "cuda"
     with tempfile.TemporaryDirectory(prefix="madkit-device-check-") as tmp:
         images = _write_images(Path(tmp) / "images", 64, 16)
-        for strategy in ("ddp", "fsdp"):
+        # on the GPU the sharded run is also compiled: FSDP's hooks around compiled blocks
+        compiled = [] if args.cpu_smoke else ["train.compile=true"]
+        for strategy, extra in (("ddp", []), ("fsdp", compiled)):
             out = Path(tmp) / strategy
             sets = [
+                *extra,
                 "data.kind=folder",
                 f"data.root={images}",
                 "data.resolution=16",
@@ -215,6 +216,19 @@ SECTIONS = {
 
 # --------------------------------------------------------------------------- helpers
 _RESULT: dict = {"status": "running", "figures": {}, "error": None}
+
+
+def _benchmark(name: str):
+    """Another script of benchmarks/ as a module (step.py's ``measure``, train.py's peak table)."""
+    import importlib.util
+
+    key = f"madkit_benchmark_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 def _sync(device: str) -> None:
@@ -289,7 +303,6 @@ def run_section(args) -> int:
 
 def environment(args) -> dict:
     import torch
-    from train import peak_flops
 
     env = {
         "torch": torch.__version__,
@@ -302,7 +315,7 @@ def environment(args) -> dict:
         env.update(device=props.name, memory_gb=props.total_memory / 2**30, multiprocessors=props.multi_processor_count)
     else:
         env.update(device=platform.processor() or "cpu", threads=torch.get_num_threads())
-    peak = peak_flops(args.peak_tflops)
+    peak = _benchmark("train").peak_flops(args.peak_tflops)
     env["peak_bf16_tflops"] = peak / 1e12 if peak else None
     return env
 
@@ -359,7 +372,7 @@ def summary(name: str, outcome: dict) -> str:
             r = f.get(key)
             if r:
                 parts.append(
-                    f"{label}: {num(r['images_per_s'], '.2f')} img/s, {num(r['train_tflops_per_s'], '.1f')} "
+                    f"{label}: {num(r['images_per_s'], '.2f')} img/s, {num(r['train_tflops_per_s'], '.3g')} "
                     f"TFLOP/s, MFU {num(r['mfu'] and 100 * r['mfu'], '.1f')}%, "
                     f"peak {num(r['peak_mem_gb'], '.1f')} GB (batch {r['batch']})"
                 )
@@ -370,7 +383,7 @@ def summary(name: str, outcome: dict) -> str:
             + (
                 r["skipped"]
                 if "skipped" in r
-                else f"{num(r['images_per_s'], '.3f')} img/s, {num(r['tflops_per_s'], '.1f')} TFLOP/s"
+                else f"{num(r['images_per_s'], '.3f')} img/s, {num(r['tflops_per_s'], '.3g')} TFLOP/s"
             )
             for k, r in f.items()
             if k.startswith("steps_")
@@ -436,7 +449,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(HERE))  # step.py and train.py, also when imported rather than run
     if args.section:
         return run_section(args)
     import torch
