@@ -155,29 +155,18 @@ def test_sharded_checkpoint_resumes_on_one_rank_and_across_strategies(two_ranks,
             assert_same_weights(run.checkpoint, step_dir(two_ranks, 3), use_ema)
 
 
-def test_consolidated_checkpoint_is_what_sample_reads(two_ranks, registry, tmp_path, capsys):
-    assert cli(["consolidate", str(two_ranks)]) == 0
-    out = two_ranks / "consolidated" / "00000003"
-    sharded = step_dir(two_ranks, 3)
-    for name, part in ((checkpoint.MODEL_FILE, "model"), (checkpoint.EMA_FILE, "ema")):
-        whole, slices = load_file(out / name), read_full(sharded, part)
-        assert whole.keys() == slices.keys() and all(torch.equal(whole[k], slices[k]) for k in whole)
-    assert checkpoint.load_state(out)["layout"] == "consolidated"
-    # sampling from the consolidated copy and from the shards gives the same images
-    for source, folder in ((out, tmp_path / "a"), (sharded, tmp_path / "b")):
+def test_sharded_checkpoint_exports_to_safetensors_and_samples(two_ranks, tmp_path):
+    """``madkit export`` writes the usual model.safetensors from the slices; ``madkit sample`` reads
+    the export and the sharded checkpoint itself alike."""
+    export = tmp_path / "export"
+    assert cli(["export", str(two_ranks), "--out", str(export)]) == 0
+    whole, slices = load_file(export / "model.safetensors"), read_full(step_dir(two_ranks, 3), "ema")
+    assert whole.keys() == slices.keys() and all(torch.equal(whole[k], slices[k]) for k in whole)
+    for source, folder in ((export, tmp_path / "a"), (two_ranks, tmp_path / "b")):
         args = ["sample", str(source), "--num", "2", "--steps", "2", "--out", str(folder), "--device", "cpu"]
         assert cli(args) == 0
     for i in range(2):
         assert (tmp_path / "a" / f"{i:06d}.png").read_bytes() == (tmp_path / "b" / f"{i:06d}.png").read_bytes()
-
-    # mistakes: exit 2 with one line naming the folder
-    capsys.readouterr()
-    assert cli(["consolidate", str(two_ranks)]) == 2  # the consolidated folder exists
-    assert cli(["consolidate", str(out)]) == 2  # not sharded
-    err = capsys.readouterr().err
-    assert "already exists" in err and "is not sharded" in err
-    with pytest.raises(checkpoint.CheckpointError, match="consolidated copy for inference"):
-        train_here(registry, tmp_path / "bad", "train.strategy=fsdp", f"train.resume={out}")
 
 
 def test_strategy_spec_problems(registry):

@@ -5,7 +5,6 @@ Modules are imported only when listed here; heavy imports (torch, diffusers) bel
 
 COMMAND_MODULES = (
     "plugins", "validate", "run", "flops", "sample", "fid_stats", "eval", "sweep", "report", "export", "import_reference",
-    "consolidate",
 )
 
 

@@ -10,14 +10,14 @@ Several nodes must write to one shared filesystem.
 
 Resharding: DCP reads whatever slices a rank asks for, so a checkpoint resumes on any number of
 ranks, with any strategy (a plain process reads the whole tensors), and ``read_full`` turns it into
-whole tensors in one process without a process group: what ``madkit consolidate`` writes as the
-usual ``model.safetensors`` / ``ema.safetensors`` and what ``madkit sample`` reads.
+whole tensors in one process without a process group: ``checkpoint.load_weights`` uses it, so
+``madkit sample`` and ``eval`` read a sharded checkpoint directly and ``madkit export`` writes it as
+the usual ``model.safetensors``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,6 @@ from torch import nn
 
 from madkit.engine import checkpoint, distributed
 from madkit.engine.distributed import DistEnv
-
-CONSOLIDATED = "consolidated"  # RUN/consolidated/<step>/: inference copies of sharded checkpoints
 
 
 def _state_dicts(model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -149,37 +147,3 @@ def read_full(ckpt: str | Path, part: str) -> dict[str, torch.Tensor]:
     except Exception as exc:
         raise checkpoint.CheckpointError(f"{ckpt}: cannot read the sharded checkpoint: {exc}") from exc
     return tensors
-
-
-def consolidate(ckpt: str | Path, out: str | Path | None = None) -> Path:
-    """Write a sharded checkpoint's weights as ``model.safetensors`` and ``ema.safetensors`` with its
-    ``state.pt`` into ``out`` (default ``RUN/consolidated/<step>/``): a folder ``madkit sample``,
-    ``madkit eval`` and ``load_for_inference`` read like any checkpoint. It holds no optimizer state:
-    training resumes from the sharded original. Returns ``out``."""
-    ckpt = checkpoint.resolve_checkpoint(ckpt)
-    if not checkpoint.is_sharded(ckpt):
-        raise checkpoint.CheckpointError(
-            f"{ckpt} is not a sharded checkpoint: it already holds {checkpoint.MODEL_FILE} and {checkpoint.EMA_FILE}"
-        )
-    final = Path(out) if out else ckpt.parent.parent / CONSOLIDATED / ckpt.name
-    if final.exists():
-        raise checkpoint.CheckpointError(f"{final} already exists; remove it or pass another --out")
-    state = checkpoint.load_state(ckpt)
-    tmp = checkpoint.temp_folder(final)
-    try:
-        checkpoint.write_weights(tmp, read_full(ckpt, "model"), read_full(ckpt, "ema"))
-        checkpoint.write_state(tmp, {**state, "layout": "consolidated", "consolidated_from": str(ckpt)})
-        checkpoint.commit_folder(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def check_resumable(ckpt: Path, state: dict[str, Any]) -> None:
-    """A consolidated copy has weights only; training must continue from its sharded original."""
-    if state.get("layout") == "consolidated":
-        raise checkpoint.CheckpointError(
-            f"{ckpt} is a consolidated copy for inference (no optimizer state); resume from the sharded "
-            f"checkpoint it came from ({state.get('consolidated_from', 'unknown')})"
-        )

@@ -127,7 +127,7 @@ class Trainer:
         state = checkpoint.load_state(self.ckpt, "cpu")
         # a sharded checkpoint keeps its optimizer state with the weights, not in state.pt
         if "optimizer" not in state and not checkpoint.is_sharded(self.ckpt):
-            # e.g. a checkpoint made by `madkit import-reference` or `madkit consolidate`
+            # e.g. a checkpoint made by `madkit import-reference`
             raise checkpoint.CheckpointError(
                 f"{self.ckpt} holds weights but no optimizer state, so training cannot resume from it; "
                 "sample, evaluate or export it, or train into another folder (--out)"
