@@ -325,6 +325,12 @@ class GenerativeModel(nn.Module):
     ``generate`` must not call a block's other methods or read its parameters directly.
     """
 
+    @property
+    def class_conditional(self) -> bool:
+        """Whether ``generate`` uses labels, and so classifier-free guidance (data with labels does not
+        make a model conditional: its config must ask for it)."""
+        return False
+
     def loss(
         self,
         latents: torch.Tensor,
@@ -419,12 +425,21 @@ class Metric(ABC):
 
 
 class Sink(ABC):
-    """Receives scalar metrics and images during training. Built with ``run_dir``."""
+    """Receives scalar metrics and images during training, and evaluation results afterwards.
+
+    Built with ``run_dir``. A sink that keeps a tracker run (wandb, mlflow) should remember it in the
+    run folder, so that a resumed run and a later ``madkit eval`` add to the same tracker run.
+    """
 
     @abstractmethod
-    def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """Training metrics every ``log_every`` steps; ``madkit eval`` results as ``eval/<metric>/<settings>``."""
 
     def log_image(self, step: int, tag: str, image_uint8_hwc) -> None:
+        return None
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        """The resolved spec (nested plain data), once when training starts or resumes."""
         return None
 
     def close(self) -> None:

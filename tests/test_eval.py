@@ -175,3 +175,34 @@ def test_inception_is_the_default_beyond_the_embedded_emoji():
     assert evaluator.extractor_table(as_run(OpenMojiConfig())) == {"kind": "proxy"}
     chosen = Evaluator(Registry.load(), Request(num=8, extractor={"kind": "inception", "weights": "w.pth"}))
     assert chosen.extractor_table(as_run(OpenMojiConfig())) == {"kind": "inception", "weights": "w.pth"}
+
+
+def test_small_samples_come_with_a_note(run_dir, unsharded, capsys):
+    assert evaluate(run_dir) == 0  # up to date: the record is reused, the note still printed
+    assert "note: 8 images is a small sample: FID is biased upward" in capsys.readouterr().out
+
+
+def test_fid_stats_reports_proxy_training_progress_and_caches_under_madkit_cache_dir(run_dir, tmp_path, capsys):
+    import os
+
+    stats = tmp_path / "p.npz"
+    args = ["fid-stats", str(run_dir / "config.resolved.toml"), "--out", str(stats), "--extractor", "proxy"]
+    assert main([*args, "--extractor-set", "epochs=2"]) == 0  # another recipe: trained anew here
+    err = capsys.readouterr().err
+    assert "epoch 1/2: loss" in err and "epoch 2/2: loss" in err
+    assert len(list((Path(os.environ["MADKIT_CACHE_DIR"]) / "extractors").glob("*-proxy-*.pt"))) >= 2
+
+
+def test_unlabelled_openmoji_data_gets_a_proxy_that_learns_from_every_group():
+    from madkit_data.openmoji import OpenMojiConfig
+
+    from madkit.engine.evaluate import with_proxy_data
+
+    registry = Registry.load()
+    faces = OpenMojiConfig(resolution=32, groups=("smileys-emotion",), labels=False)  # the quickstart's data
+    assert with_proxy_data({"kind": "proxy"}, faces, registry) == {
+        "kind": "proxy", "data": {"kind": "openmoji", "resolution": 32},
+    }
+    labelled = OpenMojiConfig(resolution=16, limit=64)
+    assert with_proxy_data({"kind": "proxy"}, labelled, registry) == {"kind": "proxy"}
+    assert with_proxy_data({"kind": "inception"}, faces, registry) == {"kind": "inception"}

@@ -145,7 +145,7 @@ def test_the_imagenet_base_is_class_conditional_on_a_16x16_token_grid(registry):
 @pytest.mark.slow
 def test_the_toy_study_runs_end_to_end(tmp_path):
     """scripts/toy_study.py with a few training steps and images: the CSV and the plot are well formed."""
-    env = {"MADKIT_CACHE": str(tmp_path / "cache")}
+    env = {"MADKIT_CACHE_DIR": str(tmp_path / "cache")}
     command = [sys.executable, str(ROOT / "scripts" / "toy_study.py"), "--out", str(tmp_path / "study"),
                "--train-steps", "4", "--num", "16", "--sweep-steps", "1,2", "--extractor-set", "epochs=1"]
     result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=False,

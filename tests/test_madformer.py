@@ -9,7 +9,7 @@ from model_helpers import REFERENCE_NUMERICS, TINY_UNET, batch, build, config, r
 from madkit_layers import masks
 from madkit_layers.attention import FullPlan
 
-# MADFORMER.md, T = 4: rows are query blocks (clean 0..3, noised 0..3), columns key blocks.
+# docs/method.md (the attention mask), T = 4: rows are query blocks (clean 0..3, noised 0..3), columns key blocks.
 PAPER_T4 = torch.tensor(
     [
         [1, 0, 0, 0, 0, 0, 0, 0],

@@ -34,7 +34,7 @@ def test_sample_writes_pngs_and_a_grid(run_dir, tmp_path, capsys):
     images = _pixels(out)
     assert sorted(images) == ["000000.png", "000001.png", "000002.png"]
     assert all(im.shape == (16, 16, 3) and im.dtype == np.uint8 for im in images.values())
-    assert (out / "grid-0of1.png").is_file()
+    assert (out / "grid.png").is_file()
     assert "EMA" in capsys.readouterr().out
 
 

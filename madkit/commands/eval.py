@@ -92,8 +92,9 @@ def check_kinds(registry, request) -> None:
 
 def run(args) -> int:
     from madkit.engine.distributed import resolve_device
-    from madkit.engine.generate import parse_shard
-    from madkit.engine.sweep import Evaluator, load_run
+    from madkit.engine.generate import GuidanceError, parse_shard
+    from madkit.engine.logs import log_eval_record
+    from madkit.engine.sweep import Evaluator, load_run, sample_size_note
     from madkit.registry import Registry
 
     request = build_request(args)
@@ -107,11 +108,17 @@ def run(args) -> int:
     check_kinds(registry, request)
     evaluator = Evaluator(registry, request)
     loaded = load_run(args.run_dir, registry, request.use_ema, resolve_device(args.device))
-    record = evaluator.evaluate(loaded, args.steps, shard=shard, name=args.name, force=args.force)
+    try:
+        record = evaluator.evaluate(loaded, args.steps, shard=shard, name=args.name, force=args.force)
+    except GuidanceError as exc:
+        raise UsageError(f"--guidance: {exc}") from None
     if record is not None:
         values = ", ".join(f"{k} {v:.4f}" for k, v in record["metric_values"].items())
         sampling = record["sampling"]
         print(f"{values} ({record['extractor']}; {sampling['num']} images, {sampling['sampler']} "
               f"{sampling['steps']} steps, {record['checkpoint']['weights']} weights)")
         print(f"wrote {loaded.run_dir / 'eval' / (record['name'] + '.json')}")
+        if note := sample_size_note(request.num):
+            print(note)
+        log_eval_record(record, loaded.experiment.spec.log.sinks, registry, loaded.run_dir)
     return 0

@@ -33,6 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from madkit.spec_loading import flatten
+
 CHECKPOINTS = "checkpoints"
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "state.pt"
 FILES = (MODEL_FILE, EMA_FILE, STATE_FILE)
@@ -296,26 +298,18 @@ def check_compatible(
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(dotted key, old, new) for every value that differs outside the shape-insensitive sections."""
-    a, b = _flatten(old), _flatten(new)
+    return [d for d in all_spec_differences(old, new) if d[0].split(".")[0] not in _SHAPE_INSENSITIVE]
+
+
+def all_spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every value that differs, sorted by key; a missing one is "(absent)"."""
+    a, b = flatten(old), flatten(new)
     out = []
     for key in sorted(set(a) | set(b)):
-        if key.split(".")[0] in _SHAPE_INSENSITIVE:
-            continue
         va, vb = a.get(key, "(absent)"), b.get(key, "(absent)")
         if _plain(va) != _plain(vb):
             out.append((key, va, vb))
     return out
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _plain(value: Any) -> Any:

@@ -52,26 +52,32 @@ def load_for_inference(
     from madkit.experiment_spec import structure_spec
 
     src = source if isinstance(source, WeightsSource) else resolve_weights(source)
+    raw_spec, shapes_file = stored_spec(src, use_ema)
+    spec = structure_spec(raw_spec, registry)
+    experiment = build_experiment(spec, registry, device=str(device))
+    model = experiment.model
+    checkpoint.check_compatible(shapes_file, model, raw_spec, f"the spec stored in {src.path}", raw_spec)
+    checkpoint.load_unwrapped(model, read_weights(src, use_ema, device))
+    model.eval()
+    return experiment, model
+
+
+def stored_spec(src: WeightsSource, use_ema: bool = True) -> tuple[dict, Path]:
+    """(the resolved spec stored with the weights, what ``checkpoint.check_compatible`` reads shapes from)."""
     if src.kind == "export":
         if not use_ema:
             raise checkpoint.CheckpointError(f"{src.path} is an export and holds only the EMA weights; drop --raw")
         manifest = export.read_export(src.path)
-        raw_spec, weights_file = manifest.spec, manifest.weights_file
-    else:
-        state = checkpoint.load_state(src.path)
-        if "spec" not in state:
-            raise checkpoint.CheckpointError(
-                f"{src.path / checkpoint.STATE_FILE} holds no resolved spec; it was not written by madkit"
-            )
-        raw_spec, weights_file = state["spec"], src.path
-    spec = structure_spec(raw_spec, registry)
-    experiment = build_experiment(spec, registry, device=str(device))
-    model = experiment.model
-    checkpoint.check_compatible(weights_file, model, raw_spec, f"the spec stored in {src.path}", raw_spec)
+        return manifest.spec, manifest.weights_file
+    state = checkpoint.load_state(src.path)
+    if "spec" not in state:
+        raise checkpoint.CheckpointError(
+            f"{src.path / checkpoint.STATE_FILE} holds no resolved spec; it was not written by madkit"
+        )
+    return state["spec"], src.path
+
+
+def read_weights(src: WeightsSource, use_ema: bool = True, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     if src.kind == "export":
-        weights = export.load_export_weights(src.path, device)
-    else:
-        weights = checkpoint.load_weights(src.path, use_ema, device)
-    checkpoint.load_unwrapped(model, weights)
-    model.eval()
-    return experiment, model
+        return export.load_export_weights(src.path, device)
+    return checkpoint.load_weights(src.path, use_ema, device)

@@ -35,8 +35,15 @@ import attrs
 import torch
 
 import madkit
-from madkit.engine.evaluate import extract, reference_images, resolve_extractor, resolve_metrics, to_uint8
-from madkit.engine.generate import generate_images, shard_indices
+from madkit.engine.evaluate import (
+    extract,
+    reference_images,
+    resolve_extractor,
+    resolve_metrics,
+    to_uint8,
+    with_proxy_data,
+)
+from madkit.engine.generate import check_guidance, generate_images, shard_indices
 from madkit.engine.inference import load_for_inference, resolve_weights
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
 from madkit.registry import Registry
@@ -44,6 +51,20 @@ from madkit.registry import Registry
 EVAL_DIR = "eval"
 COST_KEYS = ("nfe", "layer_passes", "sample_flops_per_image")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Below this many images FID's upward bias (it shrinks like 1/N) and its noise dominate differences
+# between models; 2,048 is also the Inception feature width, below which the covariance is singular.
+RELIABLE_NUM = 2048
+
+
+def sample_size_note(num: int) -> str | None:
+    """A warning for FID-style figures from too few images, or None."""
+    if num >= RELIABLE_NUM:
+        return None
+    return (
+        f"note: {num} images is a small sample: FID is biased upward and noisy at this size (it falls as the "
+        f"count grows), so compare only figures measured with the same count; use --num {RELIABLE_NUM} or more "
+        "(the paper's protocol: 8,000) for figures to quote"
+    )
 
 
 def _log(message: str) -> None:
@@ -142,9 +163,9 @@ class Evaluator:
         """The extractor asked for, else ``proxy`` for the embedded OpenMoji data (Inception knows
         nothing of emoji and needs downloaded weights) and ``inception`` for everything else."""
         if self.request.extractor is not None:
-            return dict(self.request.extractor)
+            return with_proxy_data(dict(self.request.extractor), run.data, self.registry)
         kind = self.registry.kind_of("data", run.data)
-        return {"kind": "proxy" if kind == "openmoji" else "inception"}
+        return with_proxy_data({"kind": "proxy" if kind == "openmoji" else "inception"}, run.data, self.registry)
 
     def _data_key(self, data: Any) -> dict[str, Any]:
         return {"kind": self.registry.kind_of("data", data), **attrs.asdict(data)}
@@ -200,6 +221,7 @@ class Evaluator:
         """Evaluate ``run`` at ``steps`` (None: the sampler's). Returns the record written to
         RUN/eval/<name>.json, or None when this shard is done but others are still missing."""
         req = self.request
+        check_guidance(req.guidance, run.model.class_conditional)
         sampler, sampler_kind = self.sampler(run)
         steps = steps or sampler.steps
         if steps <= 0:

@@ -35,7 +35,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from madkit.build import build_experiment
 from madkit.engine import batches, checkpoint, distributed, fsdp, rng, sharded_checkpoint
+from madkit.engine.console_log import ConsoleLog, console_log
 from madkit.engine.ema import EMA
+from madkit.engine.init_from import initialize_from
 from madkit.engine.logs import Reporter, build_sinks, memory_gb
 from madkit.engine.model_setup import (
     LossModule,
@@ -45,10 +47,13 @@ from madkit.engine.model_setup import (
 )
 from madkit.engine.optim import LRSchedule, build_optimizer
 from madkit.engine.precision import resolve_precision
+from madkit.engine.resume_changes import check_resume
+from madkit.engine.resume_changes import describe as describe_changes
 from madkit.engine.run_dir import RunDir, collect_versions
 from madkit.engine.samples import sample_images, save_grid
+from madkit.engine.threads import apply_threads
 from madkit.engine.train_data import training_data
-from madkit.experiment_spec import LoadedSpec
+from madkit.experiment_spec import LoadedSpec, with_current_defaults
 
 
 class NonFiniteLossError(RuntimeError):
@@ -68,16 +73,20 @@ class TrainResult:
     metrics: dict[str, Any]  # the last metrics record
 
 
-def train(loaded: LoadedSpec, registry, out: str | Path, stop_after: int | None = None) -> TrainResult:
+def train(
+    loaded: LoadedSpec, registry, out: str | Path, stop_after: int | None = None, allow_changes: bool = False
+) -> TrainResult:
     """Train the experiment ``loaded`` describes into the run folder ``out``.
 
     ``stop_after`` ends this invocation after that many optimizer steps in total (saving a
     checkpoint) while schedules still span ``train.steps``: for time-limited jobs that resume.
-    Under torchrun every rank calls this; rank 0 writes.
+    ``allow_changes`` lets a resumed run continue with a spec whose training values differ from its
+    checkpoint's (see madkit.engine.resume_changes). Under torchrun every rank calls this; rank 0 writes.
     """
     env = distributed.setup(loaded.spec.train.device, group_when_alone=fsdp.is_sharded(loaded.spec.train.strategy))
     try:
-        return Trainer(loaded, registry, Path(out), env).run(stop_after)
+        with console_log(env.is_main) as console:
+            return Trainer(loaded, registry, Path(out), env, allow_changes, console).run(stop_after)
     finally:
         distributed.teardown(env)
 
@@ -86,11 +95,22 @@ class Trainer:
     """One training run on one rank. Construction checks every input, restores a checkpoint when
     resuming and only then prepares the run folder; ``run()`` trains."""
 
-    def __init__(self, loaded: LoadedSpec, registry, out: Path, env: distributed.DistEnv):
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        registry,
+        out: Path,
+        env: distributed.DistEnv,
+        allow_changes: bool = False,
+        console: ConsoleLog | None = None,
+    ):
         spec, cfg = loaded.spec, loaded.spec.train
         self.loaded, self.spec, self.cfg, self.env = loaded, spec, cfg, env
+        self.allow_changes, self.resume_changes = allow_changes, []
+        self.init_source: Path | None = None  # the checkpoint train.init_from loaded weights from
         self.device = env.device
         self.sharded = fsdp.is_sharded(cfg.strategy)
+        self.threads = apply_threads(cfg.threads)
         self.run_dir = RunDir(out)
         _configure_backends(cfg.deterministic, self.device)
         rng.seed_globals(spec.seed, env.rank)
@@ -105,8 +125,12 @@ class Trainer:
         # inputs are good: only now the run folder
         if env.is_main:
             self.run_dir.prepare(loaded.to_toml(), self.versions, self.step)
-        sinks = build_sinks(spec.log.sinks, registry, self.run_dir.root) if env.is_main else []
+            if console is not None:
+                console.attach(self.run_dir.log, " ".join(self.versions["command"]))
+        sinks = build_sinks(spec.log.sinks, registry, self.run_dir.root, loaded.raw) if env.is_main else []
         self.reporter = Reporter(env.is_main, self.run_dir.metrics, sinks, cfg.steps, self.step, spec.log.progress)
+        if self.resume_changes:
+            self.reporter.say(f"resuming with changed values: {describe_changes(self.resume_changes)}")
         distributed.barrier(env)
 
     def _build_and_check(self, registry) -> dict[str, Any] | None:
@@ -130,9 +154,12 @@ class Trainer:
             # e.g. a checkpoint made by `madkit import-reference`
             raise checkpoint.CheckpointError(
                 f"{self.ckpt} holds weights but no optimizer state, so training cannot resume from it; "
-                "sample, evaluate or export it, or train into another folder (--out)"
+                "sample, evaluate or export it, start a new run from its weights (train.init_from), "
+                "or train into another folder (--out)"
             )
         checkpoint.check_compatible(self.ckpt, self.model, self.loaded.raw, self.loaded.source, state.get("spec", {}))
+        stored = with_current_defaults(state.get("spec", {}), registry)
+        self.resume_changes = check_resume(self.ckpt, stored, self.loaded.raw, self.loaded.source, self.allow_changes)
         return state
 
     def _prepare_training(self, state: dict[str, Any] | None) -> None:
@@ -142,6 +169,10 @@ class Trainer:
         from_shards = state is not None and checkpoint.is_sharded(self.ckpt)
         if state is not None and not from_shards:
             checkpoint.load_unwrapped(self.model, checkpoint.load_weights(self.ckpt, False, self.device))
+        elif state is None and cfg.init_from:
+            self.init_source = initialize_from(
+                self.model, cfg.init_from, self.loaded.raw, self.loaded.source, self.device
+            )
         self.model.train()
         if self.sharded and env.distributed:  # DDP does this when it wraps; sharding would keep the mix
             fsdp.broadcast_from_rank0(self.model)
@@ -225,13 +256,16 @@ class Trainer:
 
     def _banner(self, end: int) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
-        source = f"resuming from {self.ckpt}" if self.ckpt else "starting fresh"
+        if self.ckpt:
+            source = f"resuming from {self.ckpt}"
+        else:
+            source = f"starting from the weights of {self.init_source}" if self.init_source else "starting fresh"
         return (
             f"{self.spec.name}: {self.model_kind} model, {n_params:,} parameters; {source} at step "
             f"{self.step}, training to step {end} of {self.cfg.steps} | global batch {self.plan.global_batch} = "
             f"{self.env.world_size} rank(s) x {self.plan.accumulation} x {self.plan.micro_batch}"
             f"{f' ({self.cfg.strategy})' if self.sharded else ''} | "
-            f"{self.precision.name} on {self.device} | run folder {self.run_dir.root}"
+            f"{self.precision.name} on {self.device}, {self.threads} | run folder {self.run_dir.root}"
             + (f" | {self.data.note}" if self.data.note else "")
         )
 

@@ -256,6 +256,10 @@ class MADFormer(GenerativeModel):
         return losses
 
     # ------------------------------------------------------------------ generation and cost
+    @property
+    def class_conditional(self) -> bool:
+        return self.class_embed is not None
+
     def generate(self, sampler, generators, labels=None, steps=None, guidance=None, use_cache=True):
         from madkit_models.blockwise import generate_blocks
 
