@@ -90,6 +90,16 @@ def check_kinds(registry, request) -> None:
             raise UsageError(f"no {interface} kind {kind!r}; installed: {', '.join(registry.kinds(interface))}")
 
 
+def print_record(record) -> None:
+    """One line: every value with its spread, the extractor, and both sample counts."""
+    from madkit.engine.spread import describe
+
+    sampling, reference = record["sampling"], record.get("reference") or {}
+    print(f"step {record['checkpoint']['step']}: {describe(record['metric_values'])} ({record['extractor']}; "
+          f"{sampling['num']} generated vs {reference.get('num', '?')} reference images; {sampling['sampler']} "
+          f"{sampling['steps']} steps, {record['checkpoint']['weights']} weights)")
+
+
 def run(args) -> int:
     from madkit.engine.distributed import resolve_device
     from madkit.engine.generate import GuidanceError, parse_shard
@@ -113,10 +123,7 @@ def run(args) -> int:
     except GuidanceError as exc:
         raise UsageError(f"--guidance: {exc}") from None
     if record is not None:
-        values = ", ".join(f"{k} {v:.4f}" for k, v in record["metric_values"].items())
-        sampling = record["sampling"]
-        print(f"{values} ({record['extractor']}; {sampling['num']} images, {sampling['sampler']} "
-              f"{sampling['steps']} steps, {record['checkpoint']['weights']} weights)")
+        print_record(record)
         print(f"wrote {loaded.run_dir / 'eval' / (record['name'] + '.json')}")
         if note := sample_size_note(request.num):
             print(note)

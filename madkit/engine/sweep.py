@@ -45,6 +45,7 @@ from madkit.engine.evaluate import (
 )
 from madkit.engine.generate import check_guidance, generate_images, shard_indices
 from madkit.engine.inference import load_for_inference, resolve_weights
+from madkit.engine.spread import spread_key
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
 from madkit.registry import Registry
 
@@ -417,6 +418,7 @@ def sweep_row(record: dict[str, Any], label: str, budget: float | None, matched:
         **{key: cost.get(key) for key in COST_KEYS},
         "seconds_per_image": record["seconds_per_image"],
         "num": record["sampling"]["num"],
+        "num_reference": (record.get("reference") or {}).get("num"),
         "extractor": record["extractor"],
         **record["metric_values"],
         "budget_flops": budget,
@@ -436,9 +438,16 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     _atomic_write(path, buffer.getvalue().encode())
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "fid", budget: float | None = None) -> None:
+def plot_sweep(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    metric: str = "fid",
+    budget: float | Sequence[float] | None = None,
+    spread: str = "bootstrap over the generated images",
+) -> None:
     """The paper's Figure 4: ``metric`` against sampling FLOPs per image (log x), one curve per model,
-    each point marked with its step count; points chosen under ``budget`` are starred."""
+    each point marked with its step count and, where rows hold ``<metric>_std``, an error bar of one
+    standard deviation (``spread`` says of what); points chosen under a budget are starred."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
     from matplotlib.figure import Figure
 
@@ -446,23 +455,39 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "fid", 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     usable = [r for r in rows if r.get(metric) is not None and r.get("sample_flops_per_image")]
+    std_key = spread_key(metric)
+    with_bars = any(r.get(std_key) is not None for r in usable)
     for label in dict.fromkeys(r["label"] for r in usable):
-        points = sorted({(r["sample_flops_per_image"], r[metric], r["steps"]) for r in usable if r["label"] == label})
-        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        for x, y, steps in points:
+        points = sorted(
+            {(r["sample_flops_per_image"], r[metric], r["steps"], r.get(std_key) or 0.0)
+             for r in usable if r["label"] == label}
+        )
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if with_bars:
+            line = ax.errorbar(xs, ys, yerr=[p[3] for p in points], marker="o", capsize=3, label=label).lines[0]
+        else:
+            (line,) = ax.plot(xs, ys, marker="o", label=label)
+        for x, y, steps, _ in points:
             ax.annotate(str(steps), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=line.get_color())
         for r in usable:
             if r["label"] == label and r.get("budget_matched"):
                 ax.scatter([r["sample_flops_per_image"]], [r[metric]], marker="*", s=220, color=line.get_color(),
                            edgecolors="black", zorder=3)
-    if budget:
-        ax.axvline(budget, linestyle="--", color="gray", label=f"budget {budget:.3g} FLOPs/image (stars)")
+    budgets = [] if budget is None else [budget] if isinstance(budget, (int, float)) else list(budget)
+    for i, value in enumerate(budgets):
+        ax.axvline(value, linestyle="--", color="gray", alpha=0.7,
+                   label=f"budget {value:.3g} FLOPs/image (stars)" if len(budgets) == 1 else
+                   "budgets (stars: the points compared)" if i == 0 else None)
     extractors = sorted({r["extractor"] for r in usable})
+    counts = sorted({int(r["num"]) for r in usable if r.get("num")})
     ax.set_xscale("log")
     ax.set_xlabel("sampling FLOPs per image (numbers: denoising steps per block)")
     ax.set_ylabel(f"{metric.upper()} ({', '.join(extractors)})" if extractors else metric.upper())
-    ax.set_title(f"{metric.upper()} against sampling compute")
+    images = f"{', '.join(map(str, counts))} images per point" if counts else ""
+    bars = f"error bars: ±1 std, {spread}" if with_bars else ""
+    ax.set_title(f"{metric.upper()} against sampling compute" + (f"\n{'; '.join(filter(None, (images, bars)))}"
+                                                                 if images or bars else ""), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if usable:
         ax.legend(fontsize=8)
