@@ -11,9 +11,9 @@ repeats images, so it looks less diverse); only their spread is reported.
 
 Each replicate is cheap. With R the symmetric square root of the reference covariance (computed
 once), tr sqrt(S_g S_r) = tr sqrt(R S_g R), and R S_g R is the covariance of the features mapped
-through R: resampling is a weight per image, so a replicate costs one weighted [f, f] Gram matrix
-and one symmetric eigenvalue problem, on the GPU when there is one. Features are centred once at
-their full-sample mean, so a replicate's small shift of the mean is subtracted without cancellation.
+through R: resampling is a weight per image, so a replicate costs one Gram matrix of the drawn
+images and one symmetric eigenvalue problem, [f, f] or [m, m] for the m distinct images drawn
+(about 0.63 n), whichever is smaller; on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -48,11 +48,13 @@ class FrechetResampler:
         n = self.n
         w = weights.to(device=self.centred.device, dtype=torch.float64)
         shift = (w @ self.centred) / n  # the weighted mean minus the full-sample mean
-        shift_mapped = shift @ self.root
-        gram = (self.mapped * w[:, None]).T @ self.mapped
-        cov_mapped = (gram - n * torch.outer(shift_mapped, shift_mapped)) / (n - 1)
+        drawn = w > 0
+        # rows of z: the drawn images' mapped features about their weighted mean, scaled by sqrt(weight);
+        # z^T z / (n - 1) is R S_g R, and z z^T has the same nonzero eigenvalues: take the smaller one
+        z = (self.mapped[drawn] - shift @ self.root) * w[drawn].sqrt()[:, None]
+        gram = z @ z.T if len(z) < z.shape[1] else z.T @ z
+        trace_sqrt = torch.linalg.eigvalsh(gram / (n - 1)).clamp(min=0).sqrt().sum()
         trace_gen = ((w @ self.squared_norms) - n * (shift @ shift)) / (n - 1)
-        trace_sqrt = torch.linalg.eigvalsh((cov_mapped + cov_mapped.T) / 2).clamp(min=0).sqrt().sum()
         mean_term = ((self.offset + shift) ** 2).sum()
         return float(mean_term + trace_gen + self.trace_ref - 2 * trace_sqrt)
 
