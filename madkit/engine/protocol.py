@@ -26,10 +26,8 @@ import madkit
 from madkit.engine.checkpoint import list_checkpoints, step_dir_name
 from madkit.engine.distributed import DistEnv
 from madkit.engine.eval_ranks import evaluate_point
-from madkit.engine.spread import is_spread, spread_key, summarize
+from madkit.engine.spread import SUMMARY_KIND, is_spread, spread_key, summarize
 from madkit.engine.sweep import EVAL_DIR, Evaluator, LoadedRun, _atomic_write, load_run
-
-SUMMARY_KIND = "checkpoint-mean"
 
 
 def select_checkpoints(run_dir: str | Path, last: int | None = None, steps: Sequence[int] = ()) -> list[Path]:

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 SPREAD_SUFFIX = "_std"
+SUMMARY_KIND = "checkpoint-mean"  # the "kind" of a summary record over checkpoints (madkit.engine.protocol)
 
 
 def spread_key(metric: str) -> str:

@@ -79,17 +79,23 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def read_eval_records(folder: str | Path) -> list[dict[str, Any]]:
-    """Every readable eval record under ``folder``/eval (unreadable or foreign JSON files are skipped)."""
-    records = []
+def read_eval_jsons(folder: str | Path) -> list[dict[str, Any]]:
+    """Every readable JSON object under ``folder``/eval: eval records and the FID protocol's summaries
+    (unreadable or foreign JSON files are skipped)."""
+    found = []
     for path in sorted((Path(folder) / EVAL_DIR).glob("*.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(record, dict) and isinstance(record.get("metric_values"), dict):
-            records.append(record)
-    return records
+        if isinstance(record, dict):
+            found.append(record)
+    return found
+
+
+def read_eval_records(folder: str | Path) -> list[dict[str, Any]]:
+    """Every readable eval record under ``folder``/eval."""
+    return [r for r in read_eval_jsons(folder) if isinstance(r.get("metric_values"), dict)]
 
 
 # --------------------------------------------------------------------------- what is evaluated
