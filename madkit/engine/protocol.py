@@ -27,7 +27,7 @@ from madkit.engine.checkpoint import list_checkpoints, step_dir_name
 from madkit.engine.distributed import DistEnv
 from madkit.engine.eval_ranks import evaluate_point
 from madkit.engine.spread import SUMMARY_KIND, is_spread, spread_key, summarize
-from madkit.engine.sweep import EVAL_DIR, Evaluator, LoadedRun, _atomic_write, load_run
+from madkit.engine.sweep import EVAL_DIR, Evaluator, LoadedRun, atomic_write, load_run
 
 
 def select_checkpoints(run_dir: str | Path, last: int | None = None, steps: Sequence[int] = ()) -> list[Path]:
@@ -116,5 +116,5 @@ def evaluate_checkpoints(
         return None
     summary = summarize_records(records)
     out = Path(summary["run"]["dir"]) / EVAL_DIR / f"{summary['name']}.json"
-    _atomic_write(out, (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out, (json.dumps(summary, indent=2) + "\n").encode())
     return summary

@@ -72,15 +72,12 @@ def summarize(values: Sequence[float]) -> Summary:
     return Summary(statistics.fmean(values), std, len(values), values)
 
 
-def margin_exceeds_spread(a: Summary, b: Summary, spread_a: float, spread_b: float, z: float = 2.0) -> bool:
-    """Whether ``|a.mean - b.mean|`` exceeds ``z`` standard errors of the difference.
+def difference_threshold(spread_a: float, n_a: int, spread_b: float, n_b: int, z: float = 2.0) -> float:
+    """``z`` standard errors of the difference of two means: z * sqrt(spread_a^2 / n_a + spread_b^2 / n_b).
 
-    ``spread_a``/``spread_b`` are the standard deviations of one measurement of each (over seeds, or
-    a bootstrap's when there is a single measurement); the standard error of the difference of the
-    means is sqrt(spread_a^2 / n_a + spread_b^2 / n_b). With z = 2 this is a rough 95% test; with
-    three seeds per side it is optimistic (Student's t with 4 degrees of freedom wants about 2.8).
+    ``spread_*`` is the standard deviation of one measurement on each side (over training seeds, or a
+    bootstrap's when a side has one measurement), ``n_*`` the measurements averaged. A difference of
+    means beyond it is "beyond the spread": with z = 2 a rough 95% test, optimistic with three seeds a
+    side (Student's t with 4 degrees of freedom wants about 2.8). NaN when a spread is unknown.
     """
-    error = math.sqrt(spread_a**2 / a.n + spread_b**2 / b.n)
-    if not math.isfinite(error):
-        return False
-    return abs(a.mean - b.mean) > z * error
+    return z * math.sqrt(spread_a**2 / n_a + spread_b**2 / n_b)

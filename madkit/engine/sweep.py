@@ -72,7 +72,7 @@ def _log(message: str) -> None:
     print(f"madkit: {message}", file=sys.stderr)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
@@ -306,7 +306,7 @@ class Evaluator:
                 part["settings"] = settings
                 buffer = io.BytesIO()
                 torch.save(part, buffer)
-                _atomic_write(mine, buffer.getvalue())
+                atomic_write(mine, buffer.getvalue())
             if not merge:
                 return None
             parts = [_read_part(parts_dir / f"shard-{j}-of-{k}.pt") for j in range(k)]
@@ -344,7 +344,7 @@ class Evaluator:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "settings": settings,
         }
-        _atomic_write(out, (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write(out, (json.dumps(record, indent=2) + "\n").encode())
         self.log(f"{out}: " + ", ".join(f"{key} {value:.4g}" for key, value in values.items())
                  + f" ({extractor.name})")
         return record
@@ -438,9 +438,9 @@ def steps_within_budget(cost: Callable[[int], dict[str, Any]], budget: float, ma
     return lo
 
 
-def max_sampling_steps(run: LoadedRun) -> int:
+def max_sampling_steps(schedule: Any) -> int:
     """The training schedule's number of timesteps: no sampler takes more distinct steps."""
-    return int(run.schedule.diffusers_config().get("num_train_timesteps", 1000))
+    return int(schedule.diffusers_config().get("num_train_timesteps", 1000))
 
 
 def model_label(cost: dict[str, Any] | None, fallback: str) -> str:
@@ -483,7 +483,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({c: ("" if row.get(c) is None else row.get(c)) for c in columns} for row in rows)
-    _atomic_write(path, buffer.getvalue().encode())
+    atomic_write(path, buffer.getvalue().encode())
 
 
 def plot_sweep(
@@ -542,7 +542,7 @@ def plot_sweep(
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 @attrs.frozen
@@ -572,7 +572,7 @@ def run_sweep(
         if budget is not None:
             if run.cost(1) is None:
                 raise ValueError(f"{path}: its model reports no sampling cost, so it cannot be matched to a budget")
-            matched = steps_within_budget(run.cost, budget, max_sampling_steps(run))
+            matched = steps_within_budget(run.cost, budget, max_sampling_steps(run.schedule))
             if matched is None:
                 evaluator.log(f"{path}: even 1 step costs {run.cost(1)['sample_flops_per_image']:.3g} FLOPs per "
                               f"image, over the budget {budget:.3g}; no point at equal compute for {label}")
