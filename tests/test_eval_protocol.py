@@ -14,24 +14,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_helpers import environment  # noqa: F401 (autouse fixture for this module)
+from eval_helpers import environment, train_tiny  # noqa: F401 (environment: autouse fixture for this module)
 
 from madkit.cli import main
 from madkit.engine.sweep import Evaluator
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
 ARGS = ["--num", "8", "--steps", "2", "--batch", "4"]
 SETTINGS = "ema-ddim-s2-n8-seed0-proxy"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    sets = ["train.steps=3", "train.ckpt_every=1", "train.keep_ckpts=3", "train.sample_num=2", "train.sample_steps=1",
-            "log.sinks=[]"]
-    assert main(["run", str(TINY), "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny", "train.ckpt_every=1", "train.keep_ckpts=3")
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def finished(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_the_study_trains_every_spec_and_seed_and_summarises_them(finished):
-    folder, out = finished
+    _, out = finished
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["d1-seed0", "d1-seed1", "d2-seed0", "d2-seed1"]
     points, rows = read_csv(out / "points.csv"), read_csv(out / "study.csv")
     assert {(p["setting"], p["seed"]) for p in points} == {(s, str(seed)) for s in ("d1", "d2") for seed in (0, 1)}

@@ -13,6 +13,7 @@ compute-versus-FID plot with error bars, and the verdict at each sampling budget
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -98,7 +99,7 @@ def trend(verdicts: Sequence[dict[str, Any]], depth_of: dict[str, int | None]) -
     if len(winners) < 2 or None in depths or len(set(depth_of.values())) < 2:
         return f"Winners by budget: {', '.join(v['winner'] for v in winners) or 'none'}; {significance}."
     path = " -> ".join(f"D={d}" for d in depths)
-    rising = all(a <= b for a, b in zip(depths, depths[1:])) and depths[0] < depths[-1]
+    rising = all(a <= b for a, b in itertools.pairwise(depths)) and depths[0] < depths[-1]
     claim = ("consistent with the paper's trend (AR-heavy settings win small budgets, diffusion-heavy ones large "
              "budgets)" if rising else "not the paper's trend (the winning diffusion depth does not grow with the "
              "budget)")
@@ -110,49 +111,49 @@ def verdict_markdown(study, verdicts: Sequence[dict[str, Any]], trend_text: str,
     config = study.config
     labels = {s: next((r["label"] for r in rows if r["setting"] == s), s) for s in study.settings}
     first = rows[0] if rows else {}
+    extractor = str(first.get("extractor", "?"))
+    proxy_note = (" (a proxy extractor: compare only with figures of the same name, never with Inception FIDs)"
+                  if "proxy" in extractor else "")
     spread_kinds = {r["spread_of"] for r in rows}
     spread = ("std over training seeds" if spread_kinds == {"seeds"} else
               "bootstrap std over the generated images (one seed)" if spread_kinds == {"bootstrap"} else
               "std over seeds where there are several, else the bootstrap std")
-    lines = [
-        f"# Study `{study.folder}`: the best setting at each sampling budget",
-        "",
-        f"FID by `{first.get('extractor', '?')}`"
-        + (" (a proxy extractor: compare only with figures of the same name, never with Inception FIDs)"
-           if "proxy" in str(first.get("extractor", "")) else "")
-        + f"; {config.num} generated images per point against {first.get('num_reference', '?')} reference images; "
-        f"{first.get('weights', '?')} weights, sampler {first.get('sampler', '?')}, image seed {config.eval_seed}. "
-        f"Training seeds {', '.join(map(str, config.seeds))} per setting; cells: mean FID ± {spread} "
-        f"(steps per block in brackets).",
-        "",
-        "Budgets: the sampling FLOPs per image of the costliest setting at "
+    measured = (
+        f"FID by `{extractor}`{proxy_note}; {config.num} generated images per point against "
+        f"{first.get('num_reference', '?')} reference images; {first.get('weights', '?')} weights, sampler "
+        f"{first.get('sampler', '?')}, image seed {config.eval_seed}. Training seeds "
+        f"{', '.join(map(str, config.seeds))} per setting; cells: mean FID ± {spread} (steps per block in brackets)."
+    )
+    compared = (
+        f"Budgets: the sampling FLOPs per image of the costliest setting at "
         f"{', '.join(map(str, config.budget_steps))} step(s); each setting is compared at the largest step count "
         f"that fits (its cost from `madkit flops`). The winner has the lowest mean; its margin over the runner-up "
-        f"is \"beyond the spread\" when it exceeds {Z:g} standard errors of the difference.",
-        "",
-        "| budget (FLOPs/image) | " + " | ".join(labels[s] for s in study.settings)
-        + " | winner | margin | 2 s.e. | beyond the spread |",
-        "|---" * (len(study.settings) + 5) + "|",
-    ]
+        f'is "beyond the spread" when it exceeds {Z:g} standard errors of the difference.'
+    )
+    header = ["budget (FLOPs/image)", *(labels[s] for s in study.settings), "winner", "margin", f"{Z:g} s.e.",
+              "beyond the spread"]
+    lines = [f"# Study `{study.folder}`: the best setting at each sampling budget", "", measured, "", compared, "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for v in verdicts:
-        cells = []
-        for e in v["entries"]:
-            if "fid" not in e:
-                cells.append("—")
-                continue
-            cell = f"{e['fid']:.2f} ± {e['spread']:.2f} ({e['steps']})" if e["spread"] is not None else \
-                f"{e['fid']:.2f} ({e['steps']})"
-            cells.append(f"**{cell}**" if e["setting"] == v.get("winner") else cell)
-        budget = f"{v['budget_flops']:.3g} ({labels[v['budget_setting']]} at {v['budget_steps']})"
-        tail = [labels.get(v.get("winner"), "—")]
-        if "margin" in v:
-            tail += [f"{v['margin']:.2f}", f"{v['threshold']:.2f}" if math.isfinite(v["threshold"]) else "n/a",
-                     "yes" if v["beyond_spread"] else "no"]
-        else:
-            tail += ["—", "—", "—"]
-        lines.append("| " + " | ".join([budget, *cells, *tail]) + " |")
+        lines.append("| " + " | ".join(_verdict_cells(v, labels)) + " |")
     lines += ["", trend_text, "", wall_text(wall), ""]
     return "\n".join(lines)
+
+
+def _verdict_cells(v: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    cells = [f"{v['budget_flops']:.3g} ({labels[v['budget_setting']]} at {v['budget_steps']})"]
+    for e in v["entries"]:
+        if "fid" not in e:
+            cells.append("—")
+            continue
+        spread = "" if e["spread"] is None else f" ± {e['spread']:.2f}"
+        cell = f"{e['fid']:.2f}{spread} ({e['steps']})"
+        cells.append(f"**{cell}**" if e["setting"] == v.get("winner") else cell)
+    cells.append(labels.get(v.get("winner"), "—"))
+    if "margin" not in v:
+        return [*cells, "—", "—", "—"]
+    threshold = f"{v['threshold']:.2f}" if math.isfinite(v["threshold"]) else "n/a"
+    return [*cells, f"{v['margin']:.2f}", threshold, "yes" if v["beyond_spread"] else "no"]
 
 
 def wall_text(wall: dict[str, Any]) -> str:
