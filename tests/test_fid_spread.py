@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from eval_helpers import environment  # noqa: F401 (autouse: one intra-op thread, as madkit's eval tests)
 from madkit_metrics.fid import Fid, FidConfig
 from madkit_metrics.fid_bootstrap import FrechetResampler
 

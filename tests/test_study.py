@@ -102,6 +102,8 @@ def test_a_run_folder_trained_from_another_spec_is_refused_before_training(finis
         ("steps = [0, 2]\n", "study.toml: steps: step counts must be positive"),
         ("sede = [1]\n", "study.toml: sede: unknown key"),
         ('specs = ["d1.toml", "d9.toml"]\n', "specs: d9.toml does not exist"),
+        ('sampler = "ddmi"\n', "study.toml: sampler: no sampler kind 'ddmi'; installed: "),
+        ('extractor = {kind = "incept"}\n', "study.toml: extractor.kind: no extractor kind 'incept'"),
     ],
 )
 def test_a_bad_design_is_refused_with_its_file_and_key(tmp_path, capsys, study, message):

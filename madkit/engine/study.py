@@ -115,7 +115,7 @@ def plan_study(folder: str | Path, out: str | Path, registry: Registry, override
     if not names:
         raise ValueError(f"{folder} holds no experiment specs (*.toml besides {STUDY_FILE})")
     specs = {Path(name).stem: folder / name for name in names}
-    problems, runs = [], []
+    problems, runs = _unknown_kinds(config, registry, folder / STUDY_FILE), []
     for setting, path in specs.items():
         if not path.is_file():
             problems.append(f"{folder / STUDY_FILE}: specs: {path.name} does not exist in {folder}")
@@ -130,6 +130,19 @@ def plan_study(folder: str | Path, out: str | Path, registry: Registry, override
     if problems:
         raise SpecError(list(dict.fromkeys(problems)))
     return Study(folder, out, config, specs, runs)
+
+
+def _unknown_kinds(config: StudyConfig, registry: Registry, source: Path) -> list[str]:
+    """The sampler and extractor named by the design must exist: found now, not after hours of training."""
+    problems = []
+    for key, interface, kind in (("sampler", "sampler", config.sampler),
+                                 ("extractor.kind", "extractor", config.extractor.get("kind"))):
+        if kind is not None and kind not in registry.kinds(interface):
+            problems.append(f"{source}: {key}: no {interface} kind {kind!r}; installed: "
+                            f"{', '.join(registry.kinds(interface))}")
+    if config.extractor and "kind" not in config.extractor:
+        problems.append(f'{source}: extractor: name its kind, e.g. extractor = {{kind = "proxy"}}')
+    return problems
 
 
 # --------------------------------------------------------------------------- training
