@@ -235,8 +235,10 @@ def evaluate_runs(study: Study, registry: Registry, device: Any, log: Callable[[
                   force: bool = False) -> dict[str, Any]:
     """Every run at the grid and at its budget-matched step counts; returns the points and the plan."""
     from madkit.engine.sweep import Evaluator, Request, run_sweep
+    from madkit.engine.threads import apply_threads
 
     config, started, cpu = study.config, time.perf_counter(), time.process_time()
+    log(f"evaluating with {apply_threads(0)}")  # the rule training uses (train.threads = 0), as it stands now
     request = Request(num=config.num, seed=config.eval_seed, sampler=config.sampler, batch=config.batch,
                       metrics=("fid",), extractor=dict(config.extractor) or None)
     evaluator = Evaluator(registry, request, log=log)
