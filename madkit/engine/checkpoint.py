@@ -241,6 +241,19 @@ def load_state(ckpt: str | Path, device: torch.device | str = "cpu") -> dict[str
         raise CheckpointError(f"{path}: cannot be read as a madkit checkpoint state: {exc}") from exc
 
 
+def stored_spec(ckpt: str | Path) -> dict[str, Any]:
+    """The resolved spec a checkpoint was trained with, without reading its tensors (the state file is
+    memory-mapped, so a 1B-parameter model's optimizer state costs nothing here)."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read as a madkit checkpoint state: {exc}") from exc
+    if "spec" not in state:
+        raise CheckpointError(f"{path} holds no resolved spec; it was not written by madkit")
+    return state["spec"]
+
+
 def load_weights(ckpt: str | Path, use_ema: bool, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     path = Path(ckpt) / (EMA_FILE if use_ema else MODEL_FILE)
     if not path.is_file() and is_sharded(ckpt):
