@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,3 +20,15 @@ def environment(tmp_path_factory):
     yield
     torch.set_num_threads(threads)
     patch.undo()
+
+
+TINY = Path(__file__).resolve().parent.parent / "experiments" / "tiny" / "madformer.toml"
+
+
+def train_tiny(out: Path, *sets: str) -> Path:
+    """The tiny spec trained for 3 steps into ``out`` (no sinks, a 2-image grid at 1 step), ``sets`` on top."""
+    from madkit.cli import main
+
+    quiet = ["train.steps=3", "train.ckpt_every=3", "train.sample_num=2", "train.sample_steps=1", "log.sinks=[]"]
+    assert main(["run", str(TINY), "--out", str(out), *(a for s in (*quiet, *sets) for a in ("--set", s))]) == 0
+    return out

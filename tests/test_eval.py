@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from eval_helpers import environment  # noqa: F401 (autouse fixture for this module)
+from eval_helpers import environment, train_tiny  # noqa: F401 (environment: autouse fixture for this module)
 
 import madkit
 from madkit.cli import main
@@ -21,18 +21,13 @@ from madkit.engine.inference import load_for_inference
 from madkit.engine.sweep import Evaluator, Request
 from madkit.registry import Registry
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
 ARGS = ["--num", "8", "--steps", "2", "--batch", "4"]
 NAME = "00000003-ema-ddim-s2-n8-seed0-proxy"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    sets = ["train.steps=3", "train.ckpt_every=3", "train.sample_num=2", "train.sample_steps=1", "log.sinks=[]"]
-    assert main(["run", str(TINY), "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny")
 
 
 def evaluate(run_dir: Path, *extra: str) -> int:

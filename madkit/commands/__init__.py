@@ -4,7 +4,8 @@ Modules are imported only when listed here; heavy imports (torch, diffusers) bel
 """
 
 COMMAND_MODULES = (
-    "plugins", "validate", "run", "flops", "sample", "fid_stats", "eval", "sweep", "report", "export", "import_reference",
+    "plugins", "validate", "run", "flops", "sample", "fid_stats", "eval", "sweep", "study", "report", "export",
+    "import_reference",
 )
 
 

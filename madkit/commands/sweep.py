@@ -55,6 +55,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from madkit.engine.distributed import resolve_device
     from madkit.engine.generate import GuidanceError
+    from madkit.engine.spread import with_spread
     from madkit.engine.sweep import Evaluator, plot_sweep, run_sweep, sample_size_note, write_csv
     from madkit.registry import Registry
 
@@ -79,7 +80,7 @@ def run(args) -> int:
     for row in rows:
         flops = row["sample_flops_per_image"]
         print(
-            f"{row['label']:<26} steps {row['steps']:>4}  {metric} {row[metric]:9.4f}  "
+            f"{row['label']:<26} steps {row['steps']:>4}  {metric} {with_spread(row, metric):>17}  n {row['num']}  "
             f"FLOPs/image {'n/a' if flops is None else format(flops, '.3g')}  s/image {row['seconds_per_image']:.3g}"
             + ("  <- at the budget" if row["budget_matched"] else "")
         )

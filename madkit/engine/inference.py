@@ -69,12 +69,7 @@ def stored_spec(src: WeightsSource, use_ema: bool = True) -> tuple[dict, Path]:
             raise checkpoint.CheckpointError(f"{src.path} is an export and holds only the EMA weights; drop --raw")
         manifest = export.read_export(src.path)
         return manifest.spec, manifest.weights_file
-    state = checkpoint.load_state(src.path)
-    if "spec" not in state:
-        raise checkpoint.CheckpointError(
-            f"{src.path / checkpoint.STATE_FILE} holds no resolved spec; it was not written by madkit"
-        )
-    return state["spec"], src.path
+    return checkpoint.stored_spec(src.path), src.path
 
 
 def read_weights(src: WeightsSource, use_ema: bool = True, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

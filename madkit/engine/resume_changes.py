@@ -36,6 +36,8 @@ NEUTRAL = (
     "train.deterministic",
     "train.latent_cache",
     "train.ddp_find_unused",
+    "train.strategy",  # a sharded checkpoint resumes whole and a whole one sharded, on any number of ranks
+    "train.shard_ranks",
 )
 
 
