@@ -19,6 +19,7 @@ from torch import nn
 
 from madkit.interfaces import apply_rotary
 from madkit_layers.attention import CachedPlan, FullPlan, attend
+from madkit_layers.rms_norm import RMSNorm
 from madkit_layers.rope import AxialRope
 
 
@@ -36,12 +37,12 @@ class Tower(nn.Module):
         self.heads = heads
         self.rotate = rotate
         head_dim = width // heads
-        self.attn_norm = nn.RMSNorm(width, eps=norm_eps)
+        self.attn_norm = RMSNorm(width, eps=norm_eps)
         self.qkv = nn.Linear(width, 3 * width, bias=True)
-        self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
-        self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+        self.q_norm = RMSNorm(head_dim, eps=qk_norm_eps)
+        self.k_norm = RMSNorm(head_dim, eps=qk_norm_eps)
         self.out = nn.Linear(width, width, bias=True)
-        self.mlp_norm = nn.RMSNorm(width, eps=norm_eps)
+        self.mlp_norm = RMSNorm(width, eps=norm_eps)
         self.gate = nn.Linear(width, mlp_hidden, bias=False)
         self.up = nn.Linear(width, mlp_hidden, bias=False)
         self.down = nn.Linear(mlp_hidden, width, bias=False)
