@@ -33,6 +33,9 @@ from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
+# CPU seconds of this process: the runs are one-threaded, and on a shared machine the wall time also
+# counts the time other jobs hold the cores, which widens the spread more than anything measured here
+CLOCK = time.process_time
 FFHQ = ROOT / "experiments/madformer_ffhq.toml"
 # (label, spec overrides, batch): the quickstart model on larger images -> more and larger blocks
 GEOMETRIES = [
@@ -138,7 +141,7 @@ def step_against_dit(rounds: int, warmup: int, compiled: bool) -> None:
     cases = {"madkit": mad_step, "dit": dit_eager}
     if compiled:
         cases.update(_compiled_cases(cfg, tokens, batch))
-    times = interleaved(cases, rounds=rounds, warmup=warmup)
+    times = interleaved(cases, rounds=rounds, warmup=warmup, clock=CLOCK)
     for name, values in times.items():
         side = name.split()[0]
         gflops = flops[side] / sorted(values)[len(values) // 2] / 1e9
@@ -175,7 +178,7 @@ def backends_in_the_step(rounds: int, warmup: int) -> None:
             backend: build_step("medium", batch=batch, sets=[*sets, f"model.attention={backend}"])[0]
             for backend in ("sdpa", "block-sparse")
         }
-        times = interleaved(cases, rounds=rounds, warmup=warmup)
+        times = interleaved(cases, rounds=rounds, warmup=warmup, clock=CLOCK)
         print(
             f"  {label:<20} batch {batch}: sdpa {describe(times['sdpa'])}, block-sparse "
             f"{describe(times['block-sparse'])}; ratio {describe_ratio(ratio(times['block-sparse'], times['sdpa']))}"
@@ -217,7 +220,7 @@ def group_sizes(rounds: int, warmup: int) -> None:
         return go
 
     cases = {"sdpa": case("sdpa", 0)} | {f"groups>={n}": case("block-sparse", n) for n in (1, 32, 64, 128)}
-    times = interleaved(cases, rounds=rounds, warmup=warmup)
+    times = interleaved(cases, rounds=rounds, warmup=warmup, clock=CLOCK)
     print(f"\nblock-sparse group size, one layer's attention forward + backward at {label}, batch {batch}:")
     for name, values in times.items():
         print(f"  {name:<12} {describe(values):<28} vs sdpa {describe_ratio(ratio(values, times['sdpa']))}")
