@@ -58,3 +58,18 @@ def test_composite_path_without_gradients_or_in_bf16():
     xb = x.bfloat16()
     assert torch.equal(ours(xb), theirs(xb))
     assert list(ours.state_dict()) == list(theirs.state_dict()) == ["weight"]
+
+
+def test_fp32_input_under_bf16_autocast_matches():
+    """The pre-norms see the fp32 residual stream inside bf16 autocast: same values and gradients."""
+    ours, theirs = _pair(16, 1e-5)
+    x = torch.randn(4, 16)
+    outs = []
+    for norm in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm(xi)
+        outs.append((y, torch.autograd.grad(y.sum(), xi)[0]))
+    assert outs[0][0].dtype == outs[1][0].dtype == torch.float32
+    assert torch.equal(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
