@@ -9,9 +9,9 @@ forward numbers (the same ops in the same order, bit-equal) and supplies that cl
     dw = sum over rows of g * xhat
     dx = rstd * (g * w - xhat * mean(g * w * xhat))
 
-It takes this path only where it pays and is exact: eager, fp32 input and weight. Under torch.compile
-inductor fuses the composite formula and derives its own backward, and under bf16 autocast the
-composite path's dtype rules apply, so both keep ``nn.RMSNorm``'s forward.
+It takes this path only where it pays and is exact: eager, on the CPU (CUDA has a fused kernel), fp32
+input and weight, gradients wanted. Under torch.compile inductor fuses the composite formula and
+derives its own backward; bf16 inputs (autocast) and no-grad calls keep ``F.rms_norm`` as well.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ class RMSNorm(nn.RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if torch.compiler.is_compiling() or x.dtype != torch.float32 or w.dtype != torch.float32:
-            return F.rms_norm(x, self.normalized_shape, w, self.eps)
-        if not (x.requires_grad or w.requires_grad) or not torch.is_grad_enabled():
-            return F.rms_norm(x, self.normalized_shape, w, self.eps)
-        return _RMSNormFunction.apply(x, w, self.eps)
+        fast = x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and not torch.compiler.is_compiling()
+        if fast and torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+            return _RMSNormFunction.apply(x, w, self.eps)
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
