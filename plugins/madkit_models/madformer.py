@@ -63,6 +63,7 @@ class MADFormer(GenerativeModel):
         self.register_buffer("rope_cos", cos.view(self.T, self.B, head_dim), persistent=False)
         self.register_buffer("rope_sin", sin.view(self.T, self.B, head_dim), persistent=False)
         self.activation_checkpointing = False
+        self.denoise_step = cfg.denoise_step  # how cached generation runs a step (step_runner.py); settable
         self._plans: dict[tuple, FullPlan] = {}
         self.reset_parameters()
 
@@ -157,10 +158,11 @@ class MADFormer(GenerativeModel):
         return torch.cat(parts, dim=1)
 
     # ------------------------------------------------------------------ the masked full pass
-    def trunk(self, ctx, clean_tokens, noised_in, noised_ids, xt_tokens, mt):
+    def trunk(self, ctx, clean_tokens, noised_in, noised_ids, xt_tokens, mt, backend: str | None = None):
         """Run all layers over [ctx, clean blocks 0..len-1 ; noised blocks ``noised_ids``].
 
-        clean_tokens [n, tc, b, d]; noised_in, xt_tokens [n, tn, b, d]; mt [n, tn].
+        clean_tokens [n, tc, b, d]; noised_in, xt_tokens [n, tn, b, d]; mt [n, tn]. ``backend`` overrides
+        the spec's attention backend (uncached generation uses dense SDPA masks).
         Returns (noised output [n, tn, b, d], condition [n, tn, b, d]).
         """
         n, tn = noised_in.shape[:2]
@@ -175,7 +177,7 @@ class MADFormer(GenerativeModel):
         # the residual streams stay fp32 under autocast: only the matmuls run in bf16
         xc = full_precision(torch.cat(parts, dim=1)) if parts else None
         clean_layout = _concat_layouts(layouts) if layouts else _empty_layout(self.rope_cos)
-        plan = self._full_plan(clean_layout, noised_ids, ctx is not None, tc)
+        plan = self._full_plan(clean_layout, noised_ids, ctx is not None, tc, backend or self.cfg.attention)
         xn = full_precision(noised_in.flatten(1, 2))
         cond = adaln = None
         for i, layer in enumerate(self.layers):
@@ -191,15 +193,17 @@ class MADFormer(GenerativeModel):
                 xc, xn = layer(xc_in, xn, plan, adaln)
         return xn.unflatten(1, (tn, self.B)), cond.unflatten(1, (tn, self.B))
 
-    def _full_plan(self, clean_layout: StreamLayout, noised_ids: list[int], has_ctx: bool, tc: int) -> FullPlan:
+    def _full_plan(
+        self, clean_layout: StreamLayout, noised_ids: list[int], has_ctx: bool, tc: int, backend: str
+    ) -> FullPlan:
         """Plans (and the masks they build) are reused while the layout repeats: every training step
         has the same one, and building a FlexAttention block mask over ~8k tokens is not free."""
-        key = (tc, tuple(noised_ids), has_ctx, str(self.rope_cos.device))
+        key = (tc, tuple(noised_ids), has_ctx, str(self.rope_cos.device), backend)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= 64:  # uncached generation walks through T layouts
                 self._plans.clear()
-            plan = self._plans[key] = FullPlan(clean_layout, self.layout(NOISED, noised_ids), self.cfg.attention)
+            plan = self._plans[key] = FullPlan(clean_layout, self.layout(NOISED, noised_ids), backend)
         return plan
 
     def adaln_condition(self, cond: torch.Tensor, mt: torch.Tensor) -> torch.Tensor | None:

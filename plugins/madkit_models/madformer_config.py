@@ -17,6 +17,7 @@ from madkit.spec import slot
 from madkit.validators import non_negative, one_of, positive
 
 CONTEXTS = ("clean+condition", "clean", "condition")
+DENOISE_STEPS = ("eager", "compiled", "cuda-graph", "compiled+cuda-graph")
 
 
 @attrs.frozen
@@ -40,6 +41,9 @@ class MadformerConfig:
     conditioning: str = attrs.field(default="none", validator=one_of("none", "class"))
     label_dropout: float = attrs.field(default=0.1, validator=non_negative)
     attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "flex"))
+    # how cached generation runs a denoising step: eager, compiled (torch.compile), cuda-graph (captured
+    # once per block and replayed; CUDA only, eager elsewhere) or compiled+cuda-graph
+    denoise_step: str = attrs.field(default="eager", validator=one_of(*DENOISE_STEPS))
     rope_theta: float = attrs.field(default=10000.0, validator=positive)
     init_std: float = attrs.field(default=0.02, validator=positive)
 
