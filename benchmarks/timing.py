@@ -17,12 +17,19 @@ from collections.abc import Callable
 
 
 def interleaved(
-    cases: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, sync: Callable[[], None] | None = None
+    cases: dict[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    sync: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Seconds per call of every case, ``rounds`` samples each, measured in alternation.
 
     ``warmup`` untimed rounds come first (allocator, caches, lazy compilation). ``sync`` runs before
     and after each timed call (e.g. ``torch.cuda.synchronize``) so asynchronous work is counted.
+    ``clock``: wall time by default; ``time.process_time`` counts the CPU time this process used, which
+    on a machine whose cores other jobs share leaves out the time spent waiting for a core (CPU-only
+    work on one thread: with more threads it sums them).
     """
     names = list(cases)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -31,12 +38,12 @@ def interleaved(
         for name in names[shift:] + names[:shift]:
             if sync:
                 sync()
-            start = time.perf_counter()
+            start = clock()
             cases[name]()
             if sync:
                 sync()
             if r >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return times
 
 
