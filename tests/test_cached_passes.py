@@ -55,7 +55,7 @@ def test_a_window_past_the_capacity_is_refused():
     cache = LayerCache(1, 2, 8, 4, torch.float32, "cpu")
     cache.commit(6)
     keys, _ = cache.window(2)
-    assert keys.shape == (1, 2, 8, 4) and keys.data_ptr() == cache.k.data_ptr()
+    assert keys.shape == (1, 2, 8, 4) and keys.data_ptr() == cache.k.data_ptr() and not keys.is_contiguous()
     with pytest.raises(RuntimeError, match="capacity of 8"):
         cache.window(3)
 
@@ -109,7 +109,7 @@ def test_compiled_passes_give_the_eager_images_and_stop_recompiling():
     eager, compiled = _compiled_equals_eager(model, "compiled", "cpu", guidance=2.0, steps=3)
     assert _close(compiled, eager, 1e-4)
     graphs = counters["stats"]["unique_graphs"]
-    assert graphs - before <= 6, "each of the three passes compiles at most twice (static, then dynamic length)"
+    assert graphs - before <= 3, "each pass compiles once: the cache length is dynamic"
     model.denoise_step = "compiled"
     try:
         again = _blocks(model, guidance=2.0, steps=3, seed=8)  # other noise, same shapes: no new graph

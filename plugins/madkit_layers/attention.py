@@ -31,7 +31,9 @@ class LayerCache:
     def __init__(self, batch: int, heads: int, capacity: int, head_dim: int, dtype: torch.dtype, device):
         self.capacity = capacity
         self.length = 0
-        self.k = torch.empty(batch, heads, capacity, head_dim, dtype=dtype, device=device)
+        # one slot more than is ever written: a full window would be contiguous and the others not, and a
+        # compiled pass would compile again for that one layout
+        self.k = torch.empty(batch, heads, capacity + 1, head_dim, dtype=dtype, device=device)
         self.v = torch.empty_like(self.k)
 
     def window(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:

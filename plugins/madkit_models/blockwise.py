@@ -178,7 +178,7 @@ class CachedBlocks:
 
     def __call__(self, xt: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
         xt = _repeat_rows(xt, self.repeats)
-        if self.recompute:
+        if self.recompute and self.steps.calls:  # the first step reads what add_clean_block computed
             self.session.recompute_clean_block()
         return self.steps(xt, mt.expand(xt.shape[0]))
 
