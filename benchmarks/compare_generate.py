@@ -7,13 +7,15 @@ and throughput as the number of blocks grows.
    grid in 2x2 tiles, DDIM 10 steps, 4 images, random weights: speed and FLOPs do not depend on
    training). Cases: the KV cache; the reference's scheme (the cache, but the newest clean block's
    keys/values in the diffusion layers recomputed at every step); uncached (the whole prefix through
-   every layer at every step); and, without --quick, the cached step compiled. FLOPs per image are
+   every layer at every step); and, without --quick, the cache with compiled passes. FLOPs per image are
    measured with torch's FlopCounterMode around real generation and computed by the cost model.
-2. Scaling in T: the quickstart model (width 128, N = 6, D = 3, an 8x8 token grid) cut into T = 1, 4,
-   16 and 64 blocks, 16 images (the quickstart's sample grid), Euler 25 steps; GFLOP/s from the cost
-   model's analytic sampling FLOPs.
-Every case of a table runs in alternation (timing.interleaved); ratios are medians of per-round ratios
-with their interquartile range.
+2. Scaling in T: the quickstart model (width 128, N = 6, D = 3) on 64x64 images, a 16x16 token grid
+   cut into T = 1, 4, 16 and 64 square tiles (256 down to 4 tokens per block), 16 images (the
+   quickstart's sample grid), Euler 25 steps; GFLOP/s from the cost model's analytic sampling FLOPs;
+   without --quick, T = 1 and T = 64 also with compiled passes.
+Every case of a table runs in alternation (timing.interleaved) and is timed in CPU time of this
+process (one thread), which leaves out the time spent waiting for a core on a shared machine; ratios
+are medians of per-round ratios with their interquartile range.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ def cache_table(quick: bool) -> None:
         flops = f"{measured_flops(fn) / num / 1e6:.1f}" if "compiled" not in name else "-"
         ana = f"{analytic[name] / 1e6:.1f}" if name in analytic else "-"
         print(f"  {name:<22} {describe(times[name]):<28} {num / quartiles(times[name])[1]:7.2f} {flops:>19} {ana:>9}")
-    for other in [c for c in cases if c != "cached"]:
-        print(f"  {other} time / cached time: {describe_ratio(ratio(times[other], times['cached']))}")
+    for fast in [c for c in cases if c.startswith("cached")]:
+        for slow in ("reference scheme", "uncached"):
+            print(f"  {slow} time / {fast} time: {describe_ratio(ratio(times[slow], times[fast]))}")
     print(f"  analytic FLOPs uncached / cached: {analytic['uncached'] / analytic['cached']:.2f}x")
 
 
@@ -103,16 +106,23 @@ def scaling_table(quick: bool) -> None:
         assert model.T == t, (model.T, t)
         cases[f"T = {t}"] = generation(model, sampler, num, steps)
         flops[f"T = {t}"] = num * model.compute_cost(steps)["sample_flops_per_image"]
+        if not quick and t in (1, max(TILES_FOR_T)):  # the ends, also with compiled passes
+            name = f"T = {t}, compiled"
+            cases[name], flops[name] = generation(model, sampler, num, steps, step="compiled"), flops[f"T = {t}"]
+            cases[name]()  # compiles
     print(f"quickstart model on a 16x16 token grid, {num} images, {steps} Euler steps; GFLOP/s from the analytic "
           f"sampling FLOPs over CPU time, {_load()}")
     times = interleaved(cases, rounds=2 if quick else 5, warmup=1, clock=time.process_time)
     rates = {name: [flops[name] / s / 1e9 for s in times[name]] for name in cases}
     for name in cases:
         q1, q2, q3 = quartiles(rates[name])
-        print(f"  {name:<7} {describe(times[name], 1.0, 's'):<26} {q2:6.2f} GFLOP/s [{q1:.2f}, {q3:.2f}]  "
+        print(f"  {name:<16} {describe(times[name], 1.0, 's'):<26} {q2:6.2f} GFLOP/s [{q1:.2f}, {q3:.2f}]  "
               f"{flops[name] / num / 1e6:9.1f} MFLOP/img")
-    last = list(cases)[-1]
-    print(f"  GFLOP/s T = 1 / {last}: {describe_ratio(ratio(rates['T = 1'], rates[last]))}")
+    last = f"T = {max(TILES_FOR_T)}"
+    for suffix in ("", ", compiled"):
+        if f"T = 1{suffix}" in rates:
+            print(f"  GFLOP/s T = 1{suffix} / {last}{suffix}: "
+                  f"{describe_ratio(ratio(rates[f'T = 1{suffix}'], rates[last + suffix]))}")
 
 
 def _load() -> str:

@@ -68,7 +68,7 @@ def _generate(model, indices, batch_size, use_cache=True, sampler=None, guidance
     return torch.cat(chunks)
 
 
-@pytest.mark.parametrize("name", ["tiles", "raster", "class", "condition-only"])
+@pytest.mark.parametrize("name", ["tiles", "raster", "class", "condition-only", "local", "unet+class", "mlp-head"])
 def test_cached_and_uncached_generation_give_the_same_images(name):
     model = build(**VARIANTS[name])
     guidance = 2.0 if model.class_embed is not None else None
