@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from madkit.experiment_spec import ExperimentSpec, spec_context
@@ -36,9 +38,27 @@ class Experiment:
             self._codec = self.spec.codec.build()
         return self._codec
 
+    def make_sampler(self, kind: str | None = None, **settings: Any) -> tuple[Sampler, str]:
+        """(sampler, kind): the spec's own when ``kind`` is None and no ``settings`` are given, else
+        ``kind`` (default: the spec's) built for this experiment's schedule. Another kind keeps the
+        spec's ``steps`` and ``guidance`` unless ``settings`` say otherwise."""
+        own = self.registry.kind_of("sampler", self.spec.sampler)
+        if kind is None and not settings:
+            return self.sampler, own
+        kind = kind or own
+        config_cls = self.registry.get("sampler", kind).config_cls
+        names = {f.name for f in attrs.fields(config_cls)}
+        keep = {n: getattr(self.spec.sampler, n) for n in ("steps", "guidance") if n in names}
+        if kind == own:
+            keep = attrs.asdict(self.spec.sampler, recurse=False)
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise ValueError(f"sampler {kind!r} has no setting(s) {unknown}; it has {sorted(names)}")
+        return config_cls(**{**keep, **settings}).build(schedule=self.schedule), kind
+
     def generate(
         self,
-        num: int,
+        num: int | None = None,
         steps: int | None = None,
         seed: int = 0,
         guidance: float | None = None,
@@ -46,19 +66,32 @@ class Experiment:
         use_cache: bool = True,
         model: GenerativeModel | None = None,
         progress: bool = False,
+        labels: Any = None,
+        sampler: str | Sampler | None = None,
     ):
-        """Images [num, 3, H, W] in [-1, 1]; image i's noise comes from (seed, i)."""
+        """Images [num, 3, H, W] in [-1, 1] on the CPU; image i's noise comes from (seed, i).
+
+        ``labels``: one class per image (a list or tensor; ``num`` defaults to its length), for
+        class-conditional models; None cycles through the classes. ``sampler``: a sampler kind
+        (e.g. ``"ddim"``) or a built ``Sampler``; None uses the spec's.
+        """
         import torch
 
-        from madkit.engine.generate import generate_images
+        from madkit.engine.generate import check_labels, generate_images
 
         model = model or self.model
         device = next(model.parameters()).device
+        labels = check_labels(labels, num, self.num_classes, model.class_conditional)
+        num = len(labels) if num is None and labels is not None else num
+        if num is None or num <= 0:
+            raise ValueError(f"num must be a positive image count, got {num}")
+        if sampler is None or isinstance(sampler, str):
+            sampler = self.make_sampler(sampler)[0]
         chunks = [
             images
             for _, images in generate_images(
-                model, self.sampler, self.codec.to(device), range(num), seed, num_classes=self.num_classes,
-                batch=batch, steps=steps, guidance=guidance, use_cache=use_cache, progress=progress,
+                model, sampler, self.codec.to(device), range(num), seed, num_classes=self.num_classes,
+                batch=batch, steps=steps, guidance=guidance, use_cache=use_cache, progress=progress, labels=labels,
             )
         ]
         return torch.cat(chunks)

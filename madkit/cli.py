@@ -10,13 +10,13 @@ import argparse
 import importlib
 import sys
 
+import madkit
 from madkit.commands import COMMAND_MODULES, UsageError
-from madkit.registry import PluginError
-from madkit.spec import SpecError
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="madkit", description="Mixed autoregressive and diffusion generation.")
+    parser.add_argument("--version", action="version", version=f"madkit {madkit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
     for name in COMMAND_MODULES:
@@ -32,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         argv.remove("--debug")
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and --version exit here, before anything imports torch
     args.debug = debug
+    from madkit.registry import PluginError
+    from madkit.spec import SpecError
+
     try:
         return modules[args.command.replace("-", "_")].run(args)
     except SpecError as exc:

@@ -7,6 +7,7 @@ Polymorphic tables name their plugin with ``kind``; the rest of each table is th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import tomllib
 from madkit.interfaces import SpecProblem
 from madkit.registry import Registry
 from madkit.spec import Problems, SpecError, StructureProblem, iter_configs, make_converter, slot, structure
-from madkit.spec_loading import Provenance, SpecLoadError, load_raw
+from madkit.spec_loading import DICT_SOURCE, Provenance, SpecLoadError, load_raw
 from madkit.validators import non_negative, positive, unit_interval
 
 DEFAULTS: dict[str, Any] = {
@@ -45,6 +46,8 @@ class TrainConfig:
     ema_warmup: int = attrs.field(default=0, validator=non_negative)
     precision: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "fp32", "bf16", "fp16")))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # CPU threads of torch's intra-op pool; 0 = auto (OMP_NUM_THREADS if set, else the idle cores, <= 8)
+    threads: int = attrs.field(default=0, validator=non_negative)
     compile: bool = False
     activation_checkpointing: bool = False
     deterministic: bool = False
@@ -53,7 +56,15 @@ class TrainConfig:
     # auto: continue from the run folder's latest checkpoint | never: refuse a folder that has some |
     # a checkpoint folder: start from it when the run folder has none of its own yet
     resume: str = "auto"
+    # a run, checkpoint or export folder or a hub id whose EMA weights a fresh run starts from (nothing else)
+    init_from: str = ""
     ddp_find_unused: bool = False  # DDP find_unused_parameters, for models with parameters a step may not use
+    # ddp: a whole copy per rank | fsdp: weights, gradients and optimizer state sharded over all ranks |
+    # hsdp: sharded within groups of shard_ranks ranks, replicated across the groups (several nodes)
+    strategy: str = attrs.field(default="ddp", validator=attrs.validators.in_(("ddp", "fsdp", "hsdp")))
+    shard_ranks: int = attrs.field(default=0, validator=non_negative)  # hsdp group size; 0 = ranks per node
+    # fsdp/hsdp: dtype the blocks are gathered in; auto = bf16 when precision is bf16, else fp32
+    fsdp_param_dtype: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "fp32", "bf16")))
     log_every: int = attrs.field(default=10, validator=positive)
     sample_every: int = attrs.field(default=0, validator=non_negative)  # 0 = only at the end
     sample_num: int = attrs.field(default=16, validator=positive)
@@ -65,7 +76,7 @@ class TrainConfig:
 
 @attrs.frozen
 class LogConfig:
-    sinks: list[str] = attrs.Factory(lambda: ["tensorboard"])  # sink kinds (metrics and sample grids)
+    sinks: list[str] = attrs.Factory(list)  # sink kinds (metrics and sample grids); metrics.jsonl is always written
     progress: bool = True  # tqdm bar on rank 0 (shown only on a terminal)
 
     def check(self, context: dict[str, Any]):
@@ -75,6 +86,11 @@ class LogConfig:
             if kind not in installed:
                 listing = ", ".join(repr(k) for k in installed) or "none"
                 yield SpecProblem(f"sinks[{i}]", f"unknown sink kind {kind!r} (installed: {listing})")
+                continue
+            # e.g. a tracker whose package is not installed: say so now, not after the first checkpoint
+            check = getattr(registry.get("sink", kind).config_cls(), "check", None)
+            for problem in check(context) if callable(check) else ():
+                yield SpecProblem(f"sinks[{i}]", problem.message)
 
 
 @attrs.frozen
@@ -97,6 +113,29 @@ class ExperimentSpec:
             )
         if t.resume not in ("auto", "never") and not Path(t.resume).exists():
             yield SpecProblem("train.resume", f"checkpoint {t.resume!r} does not exist; use 'auto' or 'never'")
+        if t.init_from and context.get("check_resources", True) and not Path(t.init_from).exists():
+            from madkit.hub import looks_like_hub_id
+
+            if not looks_like_hub_id(t.init_from):
+                yield SpecProblem(
+                    "train.init_from",
+                    f"{t.init_from!r} does not exist; give a run, checkpoint or export folder, or a hub id (owner/name)",
+                )
+        yield from _strategy_problems(t)
+
+
+def _strategy_problems(t: TrainConfig):
+    sharded = t.strategy in ("fsdp", "hsdp")
+    if t.shard_ranks and t.strategy != "hsdp":
+        yield SpecProblem("train.shard_ranks", f"only train.strategy = 'hsdp' uses it (strategy is {t.strategy!r})")
+    if sharded and t.precision == "fp16":
+        yield SpecProblem(
+            "train.precision", f"'fp16' is not supported with train.strategy = {t.strategy!r}; use 'bf16'"
+        )
+    if t.fsdp_param_dtype == "bf16" and t.precision in ("fp32", "fp16"):
+        yield SpecProblem(
+            "train.fsdp_param_dtype", f"'bf16' needs train.precision = 'bf16' (it is {t.precision!r}), or use 'auto'"
+        )
 
 
 @attrs.frozen
@@ -104,6 +143,7 @@ class LoadedSpec:
     spec: ExperimentSpec
     raw: dict[str, Any]
     source: str
+    notes: tuple[str, ...] = ()  # things worth saying about how the spec was assembled (see Provenance.notes)
 
     def to_toml(self) -> str:
         return dumps_toml(self.raw)
@@ -124,9 +164,14 @@ def spec_context(spec: ExperimentSpec, registry: Registry) -> dict[str, Any]:
 
 
 def load_spec(
-    path: str | Path, sets: list[str] | None = None, registry: Registry | None = None, check_resources: bool = True
+    path: str | Path | Mapping[str, Any],
+    sets: list[str] | None = None,
+    registry: Registry | None = None,
+    check_resources: bool = True,
 ) -> LoadedSpec:
     """Read, merge, structure and check a spec; raise ``SpecError`` with every problem found.
+
+    ``path`` is a TOML file or the spec as a dict (the same tables and keys).
 
     ``check_resources=False`` tells checks not to look for files (data folders, VAE weights): for
     commands that never read them, such as ``madkit flops``, and ``madkit validate --no-data``.
@@ -147,7 +192,8 @@ def load_spec(
         raise SpecError(_render(problems, provenance))
     # the resolved spec, with every default spelled out, as plain data
     resolved = conv.unstructure(spec)
-    return LoadedSpec(spec, resolved, str(path))
+    source = DICT_SOURCE if isinstance(path, Mapping) else str(path)
+    return LoadedSpec(spec, resolved, source, tuple(provenance.notes))
 
 
 def _structure_parts(conv, raw: dict[str, Any]) -> ExperimentSpec:
@@ -195,6 +241,16 @@ def structure_spec(raw: dict[str, Any], registry: Registry) -> ExperimentSpec:
         return structure(make_converter(registry), raw, ExperimentSpec)
     except Problems as exc:
         raise SpecError([f"(stored spec): {p.path}: {p.message}" for p in exc.problems]) from None
+
+
+def with_current_defaults(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """A stored resolved spec re-resolved by this madkit: keys added since it was written get their
+    defaults, so comparing it with a new spec shows real changes only. Returned as is if it no longer
+    structures (a removed key or kind)."""
+    try:
+        return make_converter(registry).unstructure(structure_spec(raw, registry))
+    except SpecError:
+        return raw
 
 
 def _dotted(prefix: str, path: str) -> str:

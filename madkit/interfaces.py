@@ -20,6 +20,7 @@ from torch import nn
 
 INTERFACES = (
     "partitioner",  # token grid -> ordered blocks
+    "rope",  # rotary position embedding of tokens on the grid
     "layer",  # one transformer layer for a role (ar / diffusion)
     "embedder",  # latent cells <-> tokens
     "model",  # a generative model assembled from the parts above
@@ -115,6 +116,49 @@ class Partitioner(ABC):
             raise ValueError(f"expected [..., {t}, {b}, c] blocks, got shape {tuple(blocks.shape)}")
         flat = blocks.movedim(-1, -3).flatten(-2)[..., self._inverse.to(blocks.device)]
         return flat.unflatten(-1, self.grid)
+
+
+# --------------------------------------------------------------------------- positions
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate) -> torch.Tensor:
+    """The one rotary formula every RoPE kind shares: ``x * cos + rotate(x) * sin``, computed in fp32
+    and cast back to x's dtype (bf16 angles would blur positions). x [..., L, e]; cos/sin [L, e]."""
+    x32 = x.float()
+    return (x32 * cos + rotate(x32) * sin).to(x.dtype)
+
+
+class RotaryEmbedding(ABC):
+    """Rotary position embedding (RoPE) of tokens on an h x w token grid.
+
+    Built with ``grid=(h, w)`` (the token grid) and ``head_dim=e``. A kind supplies two things, and
+    attention applies them to queries and keys with ``apply_rotary``:
+
+    - ``tables(positions)``: (cos, sin), each float32 [L, e], for the (row, col) of L tokens. A row
+      depends only on its own token's position: the tables of one block are exactly those rows of
+      the whole grid's tables, so the KV-cached path, the uncached path and training see the same
+      numbers, and a noised block gets exactly the rows of its clean twin (both sit at one place).
+    - ``rotate(x)``: how head dims pair up, a signed permutation of the last dim with
+      ``rotate(rotate(x)) == -x`` (rotate-half pairs dim i with dim i + e/2; madkit's axial kind
+      pairs within each axis' half). Linear and elementwise up to the permutation, so attention
+      kernels can fuse ``x * cos + rotate(x) * sin`` with the q/k norms.
+
+    Tables are computed once, when the model is built, and are shared by every head.
+    """
+
+    def __init__(self, grid: tuple[int, int], head_dim: int):
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.head_dim = int(head_dim)
+
+    @abstractmethod
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions long [L, 2] (row, col) -> (cos, sin) float32 [L, e] on positions' device."""
+
+    @abstractmethod
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., e] -> [..., e]: the signed pairing of head dims (same shape and dtype)."""
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [..., L, e] with the tables of its L tokens."""
+        return apply_rotary(x, cos, sin, self.rotate)
 
 
 # --------------------------------------------------------------------------- diffusion
@@ -254,9 +298,38 @@ class Codec(ABC):
 
 
 # --------------------------------------------------------------------------- model
+@attrs.frozen
+class ReferenceLayout:
+    """How a model's weights appear in the MADFormer authors' released checkpoint (``madkit import-reference``).
+
+    ``tensors`` maps each reference tensor name to (this model's state-dict name, the tensor's shape in
+    the reference file); a tensor is only ever reshaped (same values in the same order), never
+    transposed or split. ``args`` maps training arguments the reference stores (``args.diff_depth``,
+    ...) to (the value this model implies, the spec key it comes from), so a file trained with another
+    geometry is refused by name.
+    """
+
+    tensors: dict[str, tuple[str, tuple[int, ...]]]
+    args: dict[str, tuple[Any, str]]
+
+
 class GenerativeModel(nn.Module):
     """What the engine trains and samples from. Built with ``latent_shape=(c, h, w)`` and
-    ``num_classes``. Implementations live in plugins (e.g. ``madformer``)."""
+    ``num_classes``. Implementations live in plugins (e.g. ``madformer``).
+
+    Optional methods the trainer uses: ``set_activation_checkpointing(enabled)``,
+    ``no_weight_decay() -> set of names`` and ``compile_targets() -> modules`` (by default the members
+    of the outermost ``nn.ModuleList``s): the blocks ``train.compile`` compiles and that a sharded
+    strategy (``train.strategy = "fsdp"``) makes one FSDP unit each. A sharded block's weights are
+    gathered only when the block is called as a module (``block(...)``), so ``loss`` and
+    ``generate`` must not call a block's other methods or read its parameters directly.
+    """
+
+    @property
+    def class_conditional(self) -> bool:
+        """Whether ``generate`` uses labels, and so classifier-free guidance (data with labels does not
+        make a model conditional: its config must ask for it)."""
+        return False
 
     def loss(
         self,
@@ -283,6 +356,11 @@ class GenerativeModel(nn.Module):
     def compute_cost(self, steps: int) -> dict[str, Any]:
         """Parameters, training FLOPs per image and sampling cost for ``steps`` denoising steps."""
         raise NotImplementedError
+
+    def reference_layout(self) -> ReferenceLayout:
+        """This model's weights under the released reference checkpoint's names. Raise
+        NotImplementedError (with the reason) when the model has no counterpart there."""
+        raise NotImplementedError(f"{type(self).__name__} has no counterpart in the released reference checkpoint")
 
 
 # --------------------------------------------------------------------------- metrics and sinks
@@ -347,12 +425,21 @@ class Metric(ABC):
 
 
 class Sink(ABC):
-    """Receives scalar metrics and images during training. Built with ``run_dir``."""
+    """Receives scalar metrics and images during training, and evaluation results afterwards.
+
+    Built with ``run_dir``. A sink that keeps a tracker run (wandb, mlflow) should remember it in the
+    run folder, so that a resumed run and a later ``madkit eval`` add to the same tracker run.
+    """
 
     @abstractmethod
-    def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """Training metrics every ``log_every`` steps; ``madkit eval`` results as ``eval/<metric>/<settings>``."""
 
     def log_image(self, step: int, tag: str, image_uint8_hwc) -> None:
+        return None
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        """The resolved spec (nested plain data), once when training starts or resumes."""
         return None
 
     def close(self) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 Path_ = tuple[str, ...]
 
 DEFAULTS_SOURCE = "(madkit defaults)"  # how errors name a value nobody wrote
+DICT_SOURCE = "(dict)"  # how errors name a spec given as a Python dict
 
 
 class SpecLoadError(Exception):
@@ -27,6 +29,7 @@ class Provenance:
     def __init__(self, default: str):
         self.default = default
         self._origin: dict[Path_, str] = {}
+        self.notes: list[str] = []  # what a reader might not expect, e.g. keys a kind change dropped
 
     def mark(self, data: dict[str, Any], source: str, prefix: Path_ = ()) -> None:
         for key, value in data.items():
@@ -42,17 +45,39 @@ class Provenance:
         return self.default
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+Replaced = list[tuple[Path_, Any, Any, list[str]]]  # (table path, old kind, new kind, keys dropped)
+
+
+def deep_merge(
+    base: dict[str, Any], over: dict[str, Any], replaced: Replaced | None = None, _prefix: Path_ = ()
+) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``; tables of another kind replace, and are listed in ``replaced``."""
     out = copy.deepcopy(base)
     for key, value in over.items():
         old = out.get(key)
         if isinstance(value, dict) and isinstance(old, dict) and old.get("kind", value.get("kind")) == value.get(
             "kind", old.get("kind")
         ):
-            out[key] = deep_merge(old, value)
+            out[key] = deep_merge(old, value, replaced, (*_prefix, key))
         else:
+            if replaced is not None and isinstance(value, dict) and isinstance(old, dict):
+                dropped = [k for k in old if k != "kind" and k not in value]
+                if dropped:
+                    replaced.append(((*_prefix, key), old.get("kind"), value.get("kind"), dropped))
             out[key] = copy.deepcopy(value)
     return out
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}`` (arrays stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -70,17 +95,24 @@ def load_with_extends(path: Path, provenance: Provenance, _chain: tuple[Path, ..
     if path in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, path))
         raise SpecLoadError(f"{path}: extends forms a cycle: {cycle}")
-    data = read_toml(path)
+    return merge_with_base(read_toml(path), str(path), path.parent, provenance, (*_chain, path))
+
+
+def merge_with_base(
+    data: dict[str, Any], source: str, folder: Path, provenance: Provenance, chain: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """``data`` (read from ``source``) over its ``extends`` base, which is looked up in ``folder``."""
+    data = dict(data)
     base_name = data.pop("extends", None)
     merged: dict[str, Any] = {}
     if base_name is not None:
         if not isinstance(base_name, str):
-            raise SpecLoadError(f"{path}: extends: must be a string path, got {type(base_name).__name__}")
-        base_path = (path.parent / base_name).resolve()
+            raise SpecLoadError(f"{source}: extends: must be a string path, got {type(base_name).__name__}")
+        base_path = (folder / base_name).resolve()
         if not base_path.exists():
-            raise SpecLoadError(f"{path}: extends: base spec {base_name!r} not found (looked at {base_path})")
-        merged = load_with_extends(base_path, provenance, (*_chain, path))
-    provenance.mark(data, str(path))
+            raise SpecLoadError(f"{source}: extends: base spec {base_name!r} not found (looked at {base_path})")
+        merged = load_with_extends(base_path, provenance, chain)
+    provenance.mark(data, source)
     return deep_merge(merged, data)
 
 
@@ -103,21 +135,36 @@ def apply_sets(data: dict[str, Any], sets: list[str], provenance: Provenance) ->
         nested: Any = value
         for part in reversed(path):
             nested = {part: nested}
+        replaced: Replaced = []
+        data = deep_merge(data, nested, replaced)
+        for table, old_kind, new_kind, dropped in replaced:
+            # `--set data.kind=folder` silently losing `resolution` surprised users: say so
+            by_source: dict[str, list[str]] = {}
+            for k in dropped:
+                by_source.setdefault(provenance.source_of((*table, k)), []).append(k)
+            keys = "; ".join(f"{', '.join(ks)} (from {source})" for source, ks in by_source.items())
+            provenance.notes.append(
+                f"--set {assignment}: [{'.'.join(table)}] changed kind ({old_kind!r} -> {new_kind!r}) and was "
+                f"replaced whole, so {keys} no longer apply and the new kind's defaults do; set them again "
+                f"with --set {'.'.join(table)}.KEY=VALUE"
+            )
         provenance.mark(nested, f"--set {assignment}")
-        data = deep_merge(data, nested)
     return data
 
 
 def load_raw(
-    path: str | Path, sets: list[str] | None = None, defaults: dict[str, Any] | None = None
+    path: str | Path | Mapping[str, Any], sets: list[str] | None = None, defaults: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], Provenance]:
-    """The merged raw spec dict and its provenance."""
-    path = Path(path)
-    provenance = Provenance(str(path))
+    """The merged raw spec dict and its provenance. ``path`` is a TOML file, or the spec itself as a
+    dict (errors then name ``(dict)``; its ``extends`` is relative to the current folder)."""
+    provenance = Provenance(DICT_SOURCE if isinstance(path, Mapping) else str(path))
     if defaults:
         # marked first so that every path a file sets is re-marked with that file
         provenance.mark(defaults, DEFAULTS_SOURCE)
-    data = load_with_extends(path, provenance)
+    if isinstance(path, Mapping):
+        data = merge_with_base(copy.deepcopy(dict(path)), DICT_SOURCE, Path.cwd(), provenance)
+    else:
+        data = load_with_extends(Path(path), provenance)
     if defaults:
         data = deep_merge(defaults, data)
     data = apply_sets(data, list(sets or []), provenance)

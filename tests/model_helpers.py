@@ -12,6 +12,13 @@ PARTITIONS = {
     "raster": {"kind": "raster", "block_len": 4},
 }
 TINY_UNET = {"kind": "unet", "channels": [16, 32], "groups": 8, "attention_head_dim": 16, "temb": 16}
+# the released checkpoint's numerics (experiments/madformer_ffhq_reference.toml) as model overrides
+REFERENCE_NUMERICS = {
+    "rope": {"kind": "madformer-reference"},
+    "clean_timestep": "twin",
+    "ar_layer": {"kind": "ar", "qk_norm_eps": 1e-6},
+    "diffusion_layer": {"kind": "diffusion", "qk_norm_eps": 1e-6},
+}
 _REGISTRY: Registry | None = None
 
 

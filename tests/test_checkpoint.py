@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from madkit.engine import checkpoint as ckpt
+from madkit.engine.inference import load_for_inference
 from madkit.engine.run_dir import read_metrics
 from madkit.engine.train import train
 
@@ -85,16 +86,16 @@ def test_load_for_inference_rebuilds_from_the_stored_spec(tmp_path, registry):
     spec.unlink()  # inference must not need the spec file
     ema = load_file(result.checkpoint / "ema.safetensors")
     raw = load_file(result.checkpoint / "model.safetensors")
-    experiment, model = ckpt.load_for_inference(tmp_path / "run", registry)
+    experiment, model = load_for_inference(tmp_path / "run", registry)
     assert model is experiment.model and not model.training
     assert torch.equal(model.state_dict()["inp.weight"], ema["inp.weight"])
     assert not torch.equal(ema["inp.weight"], raw["inp.weight"])  # decay 0.5: the EMA lags
-    _, model_raw = ckpt.load_for_inference(result.checkpoint, registry, use_ema=False)
+    _, model_raw = load_for_inference(result.checkpoint, registry, use_ema=False)
     assert torch.equal(model_raw.state_dict()["inp.weight"], raw["inp.weight"])
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     assert model.generate(experiment.sampler, gens, labels=torch.tensor([0, 1])).shape == (2, 3, 4, 4)
     with pytest.raises(ckpt.CheckpointError, match="holds no complete checkpoint"):
-        ckpt.load_for_inference(tmp_path, registry)
+        load_for_inference(tmp_path, registry)
 
 
 def test_resume_auto_skips_a_torn_save(tmp_path, registry):
@@ -150,7 +151,7 @@ def test_sigkill_never_leaves_an_unloadable_latest_checkpoint(tmp_path, registry
         wait()
         latest = ckpt.latest_checkpoint(out)
         state = ckpt.load_state(latest)  # readable with weights_only=True
-        ckpt.load_for_inference(out, registry)  # and its weights load
+        load_for_inference(out, registry)  # and its weights load
         assert state["step"] == int(latest.name) >= last_step, f"seed {seed}"
         last_step = state["step"]
         if last_step >= steps:

@@ -110,7 +110,7 @@ def test_validate_accepts_a_valid_spec(fakes_installed, good_spec, capsys):
     out = capsys.readouterr().out
     assert out.strip() == (
         f"{good_spec}: valid: 'tiny' (data=test-blank, codec=test-pixels, model=test-tiny, sampler=test-euler; "
-        "5 steps, global batch 8)"
+        "images 3x16x16, latents 3x16x16; 5 steps, global batch 8)"
     )
 
 

@@ -387,3 +387,17 @@ def test_shard_patterns_expand_without_the_webdataset_package():
 
     assert expand_shards("a-{08..10}.tar::b-{x,y}.tar") == ["a-08.tar", "a-09.tar", "a-10.tar", "b-x.tar", "b-y.tar"]
     assert expand_shards("plain.tar") == ["plain.tar"]
+
+
+def test_openmoji_holdout_splits_the_selection_into_disjoint_parts():
+    from madkit_data.openmoji import select
+
+    everything, _ = select(OpenMojiConfig(groups=("smileys-emotion",)))
+    train, _ = select(OpenMojiConfig(groups=("smileys-emotion",), holdout=4))
+    heldout, _ = select(OpenMojiConfig(groups=("smileys-emotion",), holdout=4, split="heldout"))
+    assert heldout == everything[3::4] and sorted(train + heldout) == sorted(everything)
+    assert not set(train) & set(heldout)
+    problems = {p.path for p in OpenMojiConfig(holdout=1).check({})} | {
+        p.path for p in OpenMojiConfig(split="heldout").check({})
+    }
+    assert problems == {"holdout", "split"}

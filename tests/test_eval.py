@@ -13,26 +13,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from eval_helpers import environment  # noqa: F401 (autouse fixture for this module)
+from eval_helpers import environment, train_tiny  # noqa: F401 (environment: autouse fixture for this module)
 
 import madkit
 from madkit.cli import main
-from madkit.engine.checkpoint import load_for_inference
+from madkit.engine.inference import load_for_inference
 from madkit.engine.sweep import Evaluator, Request
 from madkit.registry import Registry
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
 ARGS = ["--num", "8", "--steps", "2", "--batch", "4"]
 NAME = "00000003-ema-ddim-s2-n8-seed0-proxy"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    sets = ["train.steps=3", "train.ckpt_every=3", "train.sample_num=2", "train.sample_steps=1", "log.sinks=[]"]
-    assert main(["run", str(TINY), "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny")
 
 
 def evaluate(run_dir: Path, *extra: str) -> int:
@@ -95,6 +90,21 @@ def test_an_up_to_date_record_is_reused_and_force_recomputes_it(run_dir, unshard
     assert "up to date" in capsys.readouterr().err and path.stat().st_mtime_ns == before
     assert evaluate(run_dir, "--force") == 0
     assert path.stat().st_mtime_ns != before and record(run_dir)["generated_hash"] == unsharded["generated_hash"]
+
+
+def test_an_export_evaluates_and_sweeps_to_the_same_images(run_dir, unsharded, tmp_path, capsys):
+    export = tmp_path / "export"
+    assert main(["export", str(run_dir), "--out", str(export)]) == 0
+    card = (export / "README.md").read_text()
+    assert f"| fid | {unsharded['fid']:.4f} | {unsharded['extractor']} | ddim | 2 | 8 |" in card
+    assert evaluate(export) == 0
+    exported = record(export)  # the export keeps its own eval/, named after the step it came from
+    assert exported["generated_hash"] == unsharded["generated_hash"]
+    assert exported["fid"] == pytest.approx(unsharded["fid"], rel=1e-6)
+    assert exported["checkpoint"] == {"path": str(export), "step": 3, "weights": "ema"}
+    capsys.readouterr()
+    assert main(["sweep", str(export), "--steps", "2", "--num", "8", "--batch", "4"]) == 0
+    assert "up to date" in capsys.readouterr().err and (export / "eval" / "sweep.csv").is_file()
 
 
 def test_statistics_of_the_run_data_give_the_same_fid(run_dir, unsharded, tmp_path):
@@ -160,3 +170,34 @@ def test_inception_is_the_default_beyond_the_embedded_emoji():
     assert evaluator.extractor_table(as_run(OpenMojiConfig())) == {"kind": "proxy"}
     chosen = Evaluator(Registry.load(), Request(num=8, extractor={"kind": "inception", "weights": "w.pth"}))
     assert chosen.extractor_table(as_run(OpenMojiConfig())) == {"kind": "inception", "weights": "w.pth"}
+
+
+def test_small_samples_come_with_a_note(run_dir, unsharded, capsys):
+    assert evaluate(run_dir) == 0  # up to date: the record is reused, the note still printed
+    assert "note: 8 images is a small sample: FID is biased upward" in capsys.readouterr().out
+
+
+def test_fid_stats_reports_proxy_training_progress_and_caches_under_madkit_cache_dir(run_dir, tmp_path, capsys):
+    import os
+
+    stats = tmp_path / "p.npz"
+    args = ["fid-stats", str(run_dir / "config.resolved.toml"), "--out", str(stats), "--extractor", "proxy"]
+    assert main([*args, "--extractor-set", "epochs=2"]) == 0  # another recipe: trained anew here
+    err = capsys.readouterr().err
+    assert "epoch 1/2: loss" in err and "epoch 2/2: loss" in err
+    assert len(list((Path(os.environ["MADKIT_CACHE_DIR"]) / "extractors").glob("*-proxy-*.pt"))) >= 2
+
+
+def test_unlabelled_openmoji_data_gets_a_proxy_that_learns_from_every_group():
+    from madkit_data.openmoji import OpenMojiConfig
+
+    from madkit.engine.evaluate import with_proxy_data
+
+    registry = Registry.load()
+    faces = OpenMojiConfig(resolution=32, groups=("smileys-emotion",), labels=False)  # the quickstart's data
+    assert with_proxy_data({"kind": "proxy"}, faces, registry) == {
+        "kind": "proxy", "data": {"kind": "openmoji", "resolution": 32},
+    }
+    labelled = OpenMojiConfig(resolution=16, limit=64)
+    assert with_proxy_data({"kind": "proxy"}, labelled, registry) == {"kind": "proxy"}
+    assert with_proxy_data({"kind": "inception"}, faces, registry) == {"kind": "inception"}

@@ -26,7 +26,8 @@ from madkit.spec_loading import load_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
-SPECS = sorted(EXPERIMENTS.rglob("*.toml"))
+SPECS = sorted(p for p in EXPERIMENTS.rglob("*.toml") if p.name != "study.toml")  # study.toml: a study's design
+STUDY_DESIGNS = sorted(EXPERIMENTS.rglob("study.toml"))
 STUDIES = EXPERIMENTS / "studies"
 GRIDS = {"ffhq1024": (64, 64), "imagenet256": (16, 16)}  # token grids: latent side / 2 (unet cells)
 
@@ -108,13 +109,27 @@ def test_each_study_changes_one_thing_of_its_baseline(dataset):
     assert base["model"]["diffusion_depth"] == 14 and base["train"]["keep_ckpts"] >= 5
 
 
-def test_the_reference_ffhq_configuration_has_the_released_size(one_registry):
+@pytest.mark.parametrize("name", ["madformer_ffhq.toml", "madformer_ffhq_reference.toml"])
+def test_the_reference_ffhq_configuration_has_the_released_size(name, one_registry):
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = main(["flops", str(EXPERIMENTS / "madformer_ffhq.toml"), "--json"])
+        code = main(["flops", str(EXPERIMENTS / name), "--json"])
     assert code == 0
     cost = json.loads(buffer.getvalue())
     assert cost["parameters"] == 1_300_243_844 and cost["train_sequence_length"] == 8192
+
+
+def test_the_released_checkpoints_spec_changes_only_numerics():
+    from madkit.spec_loading import load_raw as resolve
+
+    base = _flat(resolve(EXPERIMENTS / "madformer_ffhq.toml")[0])
+    released = _flat(resolve(EXPERIMENTS / "madformer_ffhq_reference.toml")[0])
+    changed = {k for k in base.keys() | released.keys() if base.get(k) != released.get(k)}
+    assert changed == {
+        "name", "model.clean_timestep", "model.rope.kind", "sampler.spacing",
+        *(f"model.{tower}_layer.{key}" for tower in ("ar", "diffusion") for key in ("kind", "norm_eps", "qk_norm_eps")),
+    }
+    assert released["model.ar_layer.qk_norm_eps"] == released["model.diffusion_layer.qk_norm_eps"] == 1e-6
 
 
 def test_the_imagenet_base_is_class_conditional_on_a_16x16_token_grid(registry):
@@ -128,28 +143,29 @@ def test_the_imagenet_base_is_class_conditional_on_a_16x16_token_grid(registry):
     assert (cost["blocks"], cost["tokens_per_block"], cost["diffusion_depth"]) == (4, 64, 14)
 
 
+@pytest.mark.parametrize("design", STUDY_DESIGNS, ids=[str(p.relative_to(EXPERIMENTS)) for p in STUDY_DESIGNS])
+def test_every_study_design_plans_all_its_runs(design, registry):
+    from madkit.engine.study import plan_study
+
+    study = plan_study(design.parent, "unused", registry)
+    assert len(study.runs) == len(study.settings) * len(study.config.seeds) >= 9  # >= 3 settings x 3 seeds
+    depths = {run.loaded.spec.model.diffusion_depth for run in study.runs}
+    assert len(depths) == len(study.settings)  # one diffusion depth per setting, of one N
+    assert len({run.loaded.spec.model.depth for run in study.runs}) == 1
+
+
 @pytest.mark.slow
 def test_the_toy_study_runs_end_to_end(tmp_path):
-    """scripts/toy_study.py with a few training steps and images: the CSV and the plot are well formed."""
-    env = {"MADKIT_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, str(ROOT / "scripts" / "toy_study.py"), "--out", str(tmp_path / "study"),
-               "--train-steps", "4", "--num", "16", "--sweep-steps", "1,2", "--extractor-set", "epochs=1"]
-    result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=False,
-                            timeout=900)
+    """The shipped toy study design, shrunk to a few steps and images: CSV, plot and verdict."""
+    env = {**os.environ, "MADKIT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "madkit", "study", str(EXPERIMENTS / "toy_study"), "--out", str(tmp_path / "s"),
+               "--set", "train.steps=4", "--seeds", "0,1", "--num", "16", "--steps", "1,2", "--budget-steps", "2"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(tmp_path / "study" / "sweep" / "sweep.csv", newline="") as f:
+    with open(tmp_path / "s" / "study.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    labels = {row["label"] for row in rows}
-    assert labels == {"D=1/N=4, T=4", "D=3/N=4, T=4"}
-    for label in labels:
-        mine = [r for r in rows if r["label"] == label]
-        assert {int(r["steps"]) for r in mine} >= {1, 2}  # the grid, plus the budget's point where it is new
-        assert sum(r["budget_matched"] == "True" for r in mine) == 1
-    for row in rows:
-        assert float(row["fid"]) >= 0
-        if row["budget_matched"] == "True":
-            assert float(row["sample_flops_per_image"]) <= float(row["budget_flops"])
-    with Image.open(tmp_path / "study" / "sweep" / "sweep.png") as image:
+    assert {row["label"] for row in rows} == {f"D={d}/N=4, T=4" for d in (1, 2, 3, 4)}
+    assert all(row["seeds"] == "2" and float(row["fid_std"]) >= 0 for row in rows)
+    with Image.open(tmp_path / "s" / "study.png") as image:
         assert image.format == "PNG" and image.size[0] > 500
-    for run in ("d1", "d3"):
-        assert (tmp_path / "study" / run / "report.html").stat().st_size > 1000
+    assert "| budget (FLOPs/image) |" in (tmp_path / "s" / "verdict.md").read_text()

@@ -28,6 +28,12 @@ EXAMPLE = DOCS / "examples" / "madkit-snake"
 # intended, update this snapshot, docs/writing-plugins.md and the version in the same commit.
 HOOKS = {"madkit_register": ("registry",)}
 REGISTER_ARGS = ("interface", "kind", "config_cls")
+# The interfaces a plugin may register kinds for: adding one widens the surface, renaming or removing
+# one breaks plugins. Change it on purpose, with docs/architecture.md and docs/writing-plugins.md.
+INTERFACES_SNAPSHOT = (
+    "partitioner", "rope", "layer", "embedder", "model", "schedule", "sampler", "data", "codec", "metric", "extractor",
+    "sink",
+)
 
 
 def hook_surface() -> dict[str, tuple[str, ...]]:
@@ -47,6 +53,19 @@ def test_hook_surface_has_not_changed():
 def test_registration_call_has_not_changed():
     params = tuple(inspect.signature(PluginHandle.register).parameters)[1:]  # without self
     assert params == REGISTER_ARGS, "registry.register(...) changed; see the comment above HOOKS"
+
+
+def test_interfaces_have_not_changed():
+    assert INTERFACES == INTERFACES_SNAPSHOT, "the madkit interfaces changed; see the comment above INTERFACES_SNAPSHOT"
+
+
+def test_every_contract_suite_is_documented():
+    import madkit.testing
+
+    suites = sorted(name for name in dir(madkit.testing) if name.endswith("Contract"))
+    text = (DOCS / "writing-plugins.md").read_text()
+    assert {"PartitionerContract", "RopeContract", "SamplerContract", "ScheduleContract"} <= set(suites)
+    assert [name for name in suites if f"**`{name}`**" not in text] == []
 
 
 def test_every_hook_is_documented():

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import TINY_UNET, batch, build, config, registry
+from model_helpers import REFERENCE_NUMERICS, TINY_UNET, batch, build, config, registry
 
 from madkit_layers import masks
 from madkit_layers.attention import FullPlan
 
-# MADFORMER.md, T = 4: rows are query blocks (clean 0..3, noised 0..3), columns key blocks.
+# docs/method.md (the attention mask), T = 4: rows are query blocks (clean 0..3, noised 0..3), columns key blocks.
 PAPER_T4 = torch.tensor(
     [
         [1, 0, 0, 0, 0, 0, 0, 0],
@@ -93,8 +93,13 @@ def test_noised_block_sees_only_its_own_noise():
     assert not torch.allclose(out[:, 1], base[:, 1])
 
 
-def test_flex_and_sdpa_backends_agree_on_cpu_forward():
-    model = build("tiles")
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"embedder": TINY_UNET, "latent_shape": (4, 8, 8), **REFERENCE_NUMERICS}],
+    ids=["default", "reference-numerics"],
+)
+def test_flex_and_sdpa_backends_agree_on_cpu_forward(overrides):
+    model = build("tiles", **overrides)
     x0, xt, mt = batch(model)
     with torch.no_grad():
         sdpa, _, _ = model.forward_blocks(x0, xt, mt)

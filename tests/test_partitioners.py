@@ -111,7 +111,7 @@ class TestTiles(PartitionerContract):
         assert p.block_shape == (th, tw)
 
     def test_reference_geometry(self):
-        # MADFormer on FFHQ-1024: a 128x128 latent grid in 16 tiles of 32x32 (docs/MADFORMER.md)
+        # MADFormer on FFHQ-1024: a 128x128 latent grid in 16 tiles of 32x32 (docs/method.md)
         p = TilesConfig((32, 32)).build(grid=(128, 128))
         assert (p.num_blocks, p.block_size, p.block_shape) == (16, 1024, (32, 32))
         assert p.positions[5, 0].tolist() == [32, 32]  # tile 5 is row 1, column 1 of the 4x4 tiling

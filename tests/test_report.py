@@ -56,7 +56,7 @@ def run_dir(tmp_path) -> Path:
     for i, step in enumerate(GRID_STEPS):
         Image.new("RGB", (1200, 900), (i * 20, 100, 200)).save(run / "samples" / f"step_{step:08d}.png")
     record = {
-        "fid": 12.3456, "extractor": "openmoji-proxy-abcdef12", "metric_values": {"fid": 12.3456},
+        "fid": 12.3456, "extractor": "openmoji-proxy-abcdef12", "metric_values": {"fid": 12.3456, "fid_std": 0.4321, "fid_bootstrap": 100},
         "name": "00001200-ema-ddim-s8-n500-seed0-proxy",
         "checkpoint": {"path": str(run / "checkpoints" / "00001200"), "step": 1200, "weights": "ema"},
         "sampling": {"sampler": "ddim", "steps": 8, "num": 500, "seed": 0, "guidance": None},
@@ -64,6 +64,14 @@ def run_dir(tmp_path) -> Path:
         "reference": {"num": 4495, "content_hash": "f" * 64}, "seconds_per_image": 0.004,
     }
     (run / "eval" / f"{record['name']}.json").write_text(json.dumps(record))
+    summary = {  # what `madkit eval --last 5` writes beside the records
+        "kind": "checkpoint-mean", "fid": 12.5, "fid_std": 0.25, "extractor": "openmoji-proxy-abcdef12",
+        "summary": {"fid": {"mean": 12.5, "std": 0.25, "sem": 0.11, "n": 5, "values": [12.5] * 5,
+                            "mean_within_checkpoint_std": 0.43}},
+        "checkpoints": [{"step": s} for s in (800, 900, 1000, 1100, 1200)], "weights": "ema",
+        "sampling": {"sampler": "ddim", "steps": 8, "num": 500},
+    }
+    (run / "eval" / "mean5-00000800-00001200-ema-ddim-s8-n500-seed0-proxy.json").write_text(json.dumps(summary))
     (run / "eval" / "notes.json").write_text("[1, 2]")  # not an eval record: ignored
     Image.new("RGB", (640, 400), "white").save(run / "eval" / "sweep.png")
     (run / "eval" / "sweep.csv").write_text("label,steps,fid,run,eval_json\nD=1/N=4,8,12.345,/x,/x/e.json\n")
@@ -97,6 +105,8 @@ def test_the_default_page_is_inside_the_run_and_links_only_into_it(run_dir):
     assert shown[0] == GRID_STEPS[0] and shown[-1] == GRID_STEPS[-1] and len(shown) == MAX_GRIDS
     text = "".join(page.text)
     assert "12.35" in text and "openmoji-proxy-abcdef12" in text and "8.25e+07" in text  # the eval table
+    assert "12.35 ± 0.4321" in text and "fid_std" not in text  # each value with its spread beside it
+    assert "Means over checkpoints" in text and "12.5 ± 0.25 (n = 5)" in text and "800, 900, 1000, 1100, 1200" in text
     assert "D=1/N=4" in text and "/x/e.json" not in text  # the sweep table, without machine paths
     assert "OpenMoji" in text  # attribution where emoji-derived images are shown
     # the config is shown as text: its markup is escaped, never interpreted

@@ -34,7 +34,7 @@ def test_sample_writes_pngs_and_a_grid(run_dir, tmp_path, capsys):
     images = _pixels(out)
     assert sorted(images) == ["000000.png", "000001.png", "000002.png"]
     assert all(im.shape == (16, 16, 3) and im.dtype == np.uint8 for im in images.values())
-    assert (out / "grid-0of1.png").is_file()
+    assert (out / "grid.png").is_file()
     assert "EMA" in capsys.readouterr().out
 
 
@@ -73,3 +73,19 @@ def test_default_folders_name_every_setting_that_changes_pixels(run_dir):
     assert main(["sample", str(run_dir), "--num", "1", "--steps", "2", "--seed", "3", "--raw"]) == 0
     names = sorted(p.name for p in (run_dir / "samples").iterdir() if p.is_dir())
     assert "00000002-ddim-2-g1-ema-s3" in names and "00000002-ddim-2-g1-raw-s3" in names
+
+
+def test_an_export_is_the_ema_weights_plus_a_few_kb_and_samples_the_same_pngs(run_dir, tmp_path):
+    export = tmp_path / "export"
+    assert main(["export", str(run_dir), "--out", str(export)]) == 0
+    assert sorted(p.name for p in export.iterdir()) == ["README.md", "config.resolved.toml", "model.safetensors"]
+    ema = run_dir / "checkpoints" / "00000002" / "ema.safetensors"
+    extra = sum(p.stat().st_size for p in export.iterdir()) - ema.stat().st_size
+    assert 0 < extra <= 8192, f"{extra} bytes beyond the EMA weights"
+    args = ["--num", "3", "--steps", "2", "--seed", "4"]
+    assert main(["sample", str(run_dir), *args, "--out", str(tmp_path / "from-run")]) == 0
+    assert main(["sample", str(export), *args]) == 0  # default folder: inside the export
+    from_run, from_export = _pixels(tmp_path / "from-run"), _pixels(export / "samples" / "export-ddim-2-g1-ema-s4")
+    assert sorted(from_run) == sorted(from_export) and len(from_run) == 3
+    assert all(np.array_equal(from_run[name], from_export[name]) for name in from_run)
+    assert main(["sample", str(export), "--raw", *args]) == 1  # an export holds only the EMA weights

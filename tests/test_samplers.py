@@ -87,6 +87,39 @@ class TestDPMSolver(DDPMFamilyContract):
         return 50
 
 
+class TestDPMSolverLinspace(SamplerContract):
+    """The reference's set-up: DPM-Solver++ built from a default DDIM config, i.e. "linspace" spacing."""
+
+    @pytest.fixture
+    def schedule_config(self):
+        return DDPMLinearConfig()
+
+    @pytest.fixture
+    def sampler_config(self):
+        return DPMSolverSamplerConfig(spacing="linspace")
+
+
+class TestDDIMClipped(SamplerContract):
+    """The reference's DDIM: "leading" spacing and the x0 estimate clipped to [-1, 1]. Clipping is only
+    exact for data inside [-1, 1], so the Gaussian toy lives there (4.4 stds from either bound); DDIM
+    needs more steps on data this narrow (std error 1.0% at 500 steps, 2.3% at 250)."""
+
+    toy_mean = torch.tensor([0.1, -0.1], dtype=torch.float64)
+    toy_std = torch.tensor([0.25, 0.2], dtype=torch.float64)
+
+    @pytest.fixture
+    def schedule_config(self):
+        return DDPMLinearConfig()
+
+    @pytest.fixture
+    def sampler_config(self):
+        return DDIMSamplerConfig(spacing="leading", clip_sample=True)
+
+    @pytest.fixture
+    def toy_steps(self):
+        return 500
+
+
 class TestEuler(SamplerContract):
     @pytest.fixture(params=["logit-normal", "uniform"])
     def schedule_config(self, request):
@@ -133,6 +166,38 @@ def test_dpm_solver_defaults_are_the_reference_sampler():
     config = sampler.start().scheduler.config
     assert sampler.steps == 250 and sampler.guidance == 1.0
     assert config.algorithm_type == "dpmsolver++" and config.solver_order == 2
+
+
+def _step_through(run, native_scheduler, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final states of madkit's run and a bare diffusers scheduler fed the same model outputs."""
+    native_scheduler.set_timesteps(steps)
+    assert [int(t) for t in run.timesteps] == native_scheduler.timesteps.tolist()
+    x = 3 * torch.randn(4, 8, generator=torch.Generator().manual_seed(0))  # x0 estimates beyond [-1, 1]
+    y = x.clone()
+    for t, native in zip(run.timesteps, native_scheduler.timesteps):
+        x = run.step(0.5 * x + 0.1, t, x, None)
+        y = native_scheduler.step(0.5 * y + 0.1, native, y).prev_sample
+    return x, y
+
+
+def test_reference_sampler_setups_are_diffusers_own_defaults(steps=250):
+    """The released model samples with DPMSolverMultistepScheduler.from_config(DDIMScheduler().config)
+    (linspace spacing: the loop ends at t = 4 for 250 steps) or DDIMScheduler() (leading, clip_sample)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    schedule = DDPMLinearConfig().build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dpm = DPMSolverSamplerConfig(spacing="linspace").build(schedule=schedule).start(steps)
+        x, y = _step_through(dpm, DPMSolverMultistepScheduler.from_config(DDIMScheduler().config), steps)
+    torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)  # betas: float64 here, float32 there (1 ulp)
+    assert int(dpm.timesteps[-1]) == 4
+    ddim = DDIMSamplerConfig(spacing="leading", clip_sample=True).build(schedule=schedule).start(steps)
+    x, y = _step_through(ddim, DDIMScheduler(), steps)
+    torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    assert int(ddim.timesteps[-1]) == 0
+    unclipped = DDIMSamplerConfig(spacing="leading").build(schedule=schedule).start(steps)
+    assert not torch.allclose(_step_through(unclipped, DDIMScheduler(), steps)[0], y)  # clip_sample is live
 
 
 def test_euler_hands_the_model_the_same_time_diffusers_uses():

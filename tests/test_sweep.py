@@ -82,7 +82,9 @@ def test_the_plot_is_a_png_even_for_odd_inputs(tmp_path):
     rows += [_row("D=3/N=4, T=4", 1, 3e7, 5.0), _row("no cost", 1, None, 4.0)]
     plot_sweep(rows, tmp_path / "a.png", budget=2.5e7)
     plot_sweep([], tmp_path / "empty.png")
-    for name in ("a.png", "empty.png"):
+    with_bars = [{**r, "fid_std": 0.5, "num": 100} for r in rows[:3]] + rows[3:]  # bars on some curves only
+    plot_sweep(with_bars, tmp_path / "bars.png", budget=[1.5e7, 3.5e7], spread="std over 3 seeds")
+    for name in ("a.png", "empty.png", "bars.png"):
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG" and image.size[0] > 500
 
@@ -134,6 +136,9 @@ def test_sweep_writes_the_grid_and_the_points_at_equal_compute(runs, tmp_path):
             rec = json.loads(Path(r["eval_json"]).read_text())
             assert Path(r["eval_json"]).parent == runs[depth] / "eval"
             assert rec["fid"] == pytest.approx(float(r["fid"]))
+            # the spread and both sample counts travel with every number
+            assert float(r["fid_std"]) == pytest.approx(rec["fid_std"]) and rec["fid_std"] > 0
+            assert int(r["num"]) == 8 and int(r["num_reference"]) == rec["reference"]["num"] == 64
             assert int(r["nfe"]) == rec["cost"]["nfe"] == 4 * int(r["steps"])  # T = 4 blocks
             assert float(r["seconds_per_image"]) > 0 and r["extractor"].startswith("openmoji-proxy-")
     assert matched == {2: 3, 1: matched[1]} and matched[1] > 3

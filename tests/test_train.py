@@ -235,7 +235,8 @@ def test_run_folder_has_everything(tmp_path, registry):
     assert grids == ["step_00000003.png", "step_00000006.png"] and result.samples.name == grids[-1]
     from PIL import Image
 
-    assert Image.open(result.samples).size == (2 * 8 + 3 * 2,) * 2  # 4 images of 8x8 in a 2x2 grid, padding 2
+    # 4 images of 8x8 in a 2x2 grid, padding 2, enlarged 16x to show at least 128 pixels per image
+    assert Image.open(result.samples).size == ((2 * 8 + 3 * 2) * 16,) * 2
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -14,6 +14,7 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 
 from madkit import cli
 from madkit.engine import checkpoint as ckpt
+from madkit.engine.inference import load_for_inference
 from madkit.engine.run_dir import read_metrics
 from madkit.registry import Registry
 
@@ -48,7 +49,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert f"the last good checkpoint is {out / 'checkpoints' / '00000004'}" in err
     assert "Traceback" not in err
     assert ckpt.latest_checkpoint(out).name == "00000004"
-    _, model = ckpt.load_for_inference(out, registry)
+    _, model = load_for_inference(out, registry)
     assert all(p.isfinite().all() for p in model.parameters())
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
 

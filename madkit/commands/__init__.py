@@ -3,7 +3,10 @@
 Modules are imported only when listed here; heavy imports (torch, diffusers) belong inside ``run``.
 """
 
-COMMAND_MODULES = ("plugins", "validate", "run", "flops", "sample", "fid_stats", "eval", "sweep", "report")
+COMMAND_MODULES = (
+    "plugins", "validate", "run", "flops", "sample", "fid_stats", "eval", "sweep", "study", "report", "export",
+    "import_reference",
+)
 
 
 class UsageError(Exception):

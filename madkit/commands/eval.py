@@ -1,28 +1,46 @@
-"""``madkit eval RUN_DIR --num N [--steps S] ...``: sample a checkpoint and measure FID (and more).
+"""``madkit eval RUN_DIR --num N [--steps S] [--last K] ...``: sample checkpoints and measure FID (and more).
 
-Writes RUN_DIR/eval/<name>.json with the metric values under their names, the extractor's name, and
-everything needed to reproduce them (see madkit.engine.sweep). With ``--shard i/k`` each of k
-processes generates every k-th image and stores its features; the shard that completes the set
+Writes RUN_DIR/eval/<name>.json with the metric values under their names (each with its spread,
+``fid_std``), the extractor's name, and everything needed to reproduce them (see
+madkit.engine.sweep). ``--last K`` (or ``--checkpoints``) is the FID protocol: one record per
+checkpoint and a summary of their mean and spread (madkit.engine.protocol); records already up to
+date are reused.
+
+Several processes: ``torchrun --nproc_per_node=K -m madkit eval ...`` splits the images over the
+ranks and rank 0 writes the record (madkit.engine.eval_ranks). By hand, ``--shard i/k`` makes each of
+k processes generate every k-th image and store its features; the shard that completes the set
 computes the metrics, so ``for i in 0..k-1: madkit eval RUN --shard i/k`` (in parallel or not) ends
 with the same JSON an unsharded call writes.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from madkit.commands import UsageError, add_assignments_arg, kind_table
 
 
 def add_eval_args(p, default_num: int | None) -> None:
     """The options ``eval`` and ``sweep`` share: how to sample and how to measure."""
+    # --num-images: the same option under a name torchrun's own parser leaves alone (it would take
+    # `--num` for an abbreviation of its --numa-binding and stop: "ambiguous option")
     if default_num is None:
-        p.add_argument("--num", type=int, required=True, help="images to generate (the FID protocol: 8000)")
+        p.add_argument("--num", "--num-images", dest="num", type=int, required=True,
+                       help="images to generate (the FID protocol: 8000); under torchrun write --num-images")
     else:
-        p.add_argument("--num", type=int, default=default_num, help=f"images per point (default {default_num})")
+        p.add_argument("--num", "--num-images", dest="num", type=int, default=default_num,
+                       help=f"images per point (default {default_num}); under torchrun write --num-images")
     p.add_argument("--sampler", default=None, help="sampler kind, e.g. ddim or dpm-solver++ (default: the run's)")
     p.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the sampler's)"
     )
     p.add_argument("--metrics", default="fid", help="comma-separated metric kinds, e.g. fid,kid (default fid)")
+    add_assignments_arg(
+        p,
+        "--metric-set",
+        "metric_sets",
+        "a metric config key, e.g. fid.bootstrap=20 (FID's bootstrap replicates; 0 = no spread)",
+    )
     p.add_argument(
         "--extractor",
         default=None,
@@ -56,6 +74,11 @@ def add_parser(sub) -> None:
     add_eval_args(p, default_num=None)
     p.add_argument("--shard", default="0/1", help="i/k: generate every k-th image starting at i (multi-process)")
     p.add_argument("--name", default=None, help="JSON name under RUN/eval (default: from the settings)")
+    p.add_argument("--last", type=int, default=None, metavar="K",
+                   help="the FID protocol: evaluate the run's last K checkpoints, one record each, and write their "
+                   "mean and spread (the paper: --last 5 --num 8000)")
+    p.add_argument("--checkpoints", default=None, metavar="STEPS",
+                   help="like --last, for the checkpoints at these comma-separated steps")
 
 
 def build_request(args):
@@ -69,6 +92,7 @@ def build_request(args):
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     if not metrics:
         raise UsageError("--metrics names no metric; e.g. --metrics fid,kid")
+    metric_config = _metric_config(args.metric_sets, metrics)
     extractor = None
     if args.extractor or args.extractor_sets:
         if not args.extractor:
@@ -76,9 +100,26 @@ def build_request(args):
         extractor = kind_table(args.extractor, args.extractor_sets, "--extractor-set")
     return Request(
         num=args.num, seed=args.seed, sampler=args.sampler, guidance=args.guidance, use_ema=not args.raw,
-        batch=args.batch, metrics=metrics, extractor=extractor, reference=args.reference,
+        batch=args.batch, metrics=metrics, metric_config=metric_config, extractor=extractor, reference=args.reference,
         num_reference=args.num_reference,
     )
+
+
+def _metric_config(assignments: list[str], metrics: tuple[str, ...]) -> dict:
+    """``--metric-set fid.bootstrap=20`` ... as {"fid": {"bootstrap": 20}}."""
+    per_kind: dict[str, list[str]] = {}
+    for assignment in assignments:
+        kind, dot, rest = assignment.partition(".")
+        if not dot or kind not in metrics:
+            raise UsageError(
+                f"--metric-set {assignment!r}: name a metric of --metrics ({', '.join(metrics)}) and a key, "
+                f"e.g. fid.bootstrap=20"
+            )
+        per_kind.setdefault(kind, []).append(rest)
+    return {
+        kind: {k: v for k, v in kind_table(kind, sets, "--metric-set").items() if k != "kind"}
+        for kind, sets in per_kind.items()
+    }
 
 
 def check_kinds(registry, request) -> None:
@@ -90,10 +131,51 @@ def check_kinds(registry, request) -> None:
             raise UsageError(f"no {interface} kind {kind!r}; installed: {', '.join(registry.kinds(interface))}")
 
 
+def print_record(record) -> None:
+    """One line: every value with its spread, the extractor, and both sample counts."""
+    from madkit.engine.spread import describe
+
+    sampling, reference = record["sampling"], record.get("reference") or {}
+    print(f"step {record['checkpoint']['step']}: {describe(record['metric_values'])} ({record['extractor']}; "
+          f"{sampling['num']} generated vs {reference.get('num', '?')} reference images; {sampling['sampler']} "
+          f"{sampling['steps']} steps, {record['checkpoint']['weights']} weights)")
+
+
+def print_summary(summary) -> None:
+    """The protocol's result: per metric the mean over checkpoints, their spread and each one's own."""
+    from madkit.engine.spread import format_number
+
+    steps = [c["step"] for c in summary["checkpoints"]]
+    values = []
+    for key, entry in summary["summary"].items():
+        within = entry["mean_within_checkpoint_std"]
+        values.append(f"{key} {format_number(entry['mean'])} ± {format_number(entry['std'])} over checkpoints"
+                      + ("" if within is None else f" (± {format_number(within)} within one)"))
+    sampling, reference = summary["sampling"], summary.get("reference") or {}
+    print(f"mean of {len(steps)} checkpoints (steps {', '.join(map(str, steps))}): {'; '.join(values)} "
+          f"({summary['extractor']}; {sampling['num']} generated vs {reference.get('num', '?')} reference images "
+          f"per checkpoint)")
+
+
+def parse_checkpoint_steps(text: str) -> list[int]:
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--checkpoints {text!r}: expected comma-separated steps such as 200000,210000") from None
+    if not steps:
+        raise UsageError(f"--checkpoints {text!r}: names no step")
+    return steps
+
+
 def run(args) -> int:
-    from madkit.engine.distributed import resolve_device
-    from madkit.engine.generate import parse_shard
-    from madkit.engine.sweep import Evaluator, load_run
+    import os
+
+    from madkit.engine import distributed
+    from madkit.engine.eval_ranks import evaluate_point
+    from madkit.engine.generate import GuidanceError, parse_shard
+    from madkit.engine.logs import log_eval_record
+    from madkit.engine.protocol import evaluate_checkpoints, select_checkpoints
+    from madkit.engine.sweep import Evaluator, load_run, sample_size_note
     from madkit.registry import Registry
 
     request = build_request(args)
@@ -103,15 +185,52 @@ def run(args) -> int:
         shard = parse_shard(args.shard)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and shard != (0, 1):
+        raise UsageError("--shard splits the images by hand, but under torchrun the ranks split them; drop --shard")
+    protocol = args.last is not None or args.checkpoints is not None
+    if args.last is not None and args.checkpoints is not None:
+        raise UsageError("give --last K or --checkpoints STEPS, not both")
+    if args.last is not None and args.last < 1:
+        raise UsageError(f"--last must be at least 1, got {args.last}")
+    if protocol and (args.name or shard != (0, 1)):
+        raise UsageError("--last/--checkpoints write one record per checkpoint, named from its settings, and split "
+                         "images over torchrun's ranks: drop --name and --shard")
+    steps_wanted = parse_checkpoint_steps(args.checkpoints) if args.checkpoints is not None else ()
     registry = Registry.load()
     check_kinds(registry, request)
     evaluator = Evaluator(registry, request)
-    loaded = load_run(args.run_dir, registry, request.use_ema, resolve_device(args.device))
-    record = evaluator.evaluate(loaded, args.steps, shard=shard, name=args.name, force=args.force)
-    if record is not None:
-        values = ", ".join(f"{k} {v:.4f}" for k, v in record["metric_values"].items())
-        sampling = record["sampling"]
-        print(f"{values} ({record['extractor']}; {sampling['num']} images, {sampling['sampler']} "
-              f"{sampling['steps']} steps, {record['checkpoint']['weights']} weights)")
-        print(f"wrote {loaded.run_dir / 'eval' / (record['name'] + '.json')}")
-    return 0
+    checkpoints = []
+    if protocol:
+        try:
+            checkpoints = select_checkpoints(args.run_dir, args.last, steps_wanted)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def report(record, run) -> None:
+        print_record(record)
+        log_eval_record(record, run.spec.log.sinks, registry, run.run_dir)
+
+    env = distributed.setup(args.device)
+    try:
+        if protocol:
+            summary = evaluate_checkpoints(checkpoints, evaluator, env, args.steps, args.force, on_record=report)
+            if summary is not None:
+                print_summary(summary)
+                print(f"wrote {Path(summary['run']['dir']) / 'eval' / (summary['name'] + '.json')}")
+        else:
+            loaded = load_run(args.run_dir, registry, request.use_ema, env.device)
+            if env.distributed:
+                record = evaluate_point(evaluator, loaded, args.steps, env, name=args.name, force=args.force)
+            else:
+                record = evaluator.evaluate(loaded, args.steps, shard=shard, name=args.name, force=args.force)
+            if record is None or not env.is_main:
+                return 0
+            report(record, loaded)
+            print(f"wrote {loaded.run_dir / 'eval' / (record['name'] + '.json')}")
+        if env.is_main and (note := sample_size_note(request.num)):
+            print(note)
+        return 0
+    except GuidanceError as exc:
+        raise UsageError(f"--guidance: {exc}") from None
+    finally:
+        distributed.teardown(env)

@@ -34,7 +34,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from madkit.engine.evaluate import data_images, extract, load_data_config, resolve_extractor, save_reference
+    from madkit.engine.evaluate import (
+        data_images,
+        extract,
+        load_data_config,
+        resolve_extractor,
+        save_reference,
+        with_proxy_data,
+    )
     from madkit.registry import Registry
 
     if args.num < 0:
@@ -47,7 +54,7 @@ def run(args) -> int:
 
     registry = Registry.load()
     data = load_data_config(args.data_spec, args.sets, registry)
-    extractor = resolve_extractor(table, registry, data)
+    extractor = resolve_extractor(with_proxy_data(table, data, registry), registry, data)
     features = extract(extractor, data_images(data, args.num), args.batch_size)
     save_reference(args.out, features, keep_features=args.keep_features)
     print(

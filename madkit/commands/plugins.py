@@ -3,8 +3,6 @@
 import json
 from collections import defaultdict
 
-from madkit.registry import Registry
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list installed plugins and the kinds they register")
@@ -12,6 +10,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from madkit.registry import Registry
+
     registry = Registry.load()
     regs = sorted(registry.registrations(), key=lambda r: (r.plugin, r.interface, r.kind))
     if args.json:

@@ -6,11 +6,10 @@ DDP; only rank 0 prints.
 """
 
 import os
+import sys
 from pathlib import Path
 
 from madkit.commands import UsageError, add_spec_args
-from madkit.experiment_spec import load_spec
-from madkit.registry import Registry
 
 
 def add_parser(sub) -> None:
@@ -23,22 +22,44 @@ def add_parser(sub) -> None:
         metavar="N",
         help="stop (with a checkpoint) after optimizer step N; schedules still span train.steps",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for torch (the same as --set train.threads=N; default: auto, see docs/spec.md)",
+    )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="resume even though the spec's training values (train.lr, train.steps, ...) differ from the checkpoint's",
+    )
 
 
 def run(args) -> int:
+    from madkit.experiment_spec import load_spec
+    from madkit.registry import Registry
+
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise UsageError(f"--threads must be a positive thread count, got {args.threads}")
+        args.sets.append(f"train.threads={args.threads}")
     registry = Registry.load()
     loaded = load_spec(args.spec, args.sets, registry)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for note in loaded.notes:
+            print(f"note: {note}", file=sys.stderr)
     if args.stop_after is not None and args.stop_after <= 0:
         raise UsageError(f"--stop-after must be a positive step count, got {args.stop_after}")
     out = Path(args.out) if args.out else Path("runs") / loaded.spec.name
 
     # torch and the engine are imported only now: `madkit --help` and `validate` stay fast
     from madkit.engine.checkpoint import IncompatibleCheckpointError
+    from madkit.engine.resume_changes import ResumeChangeError
     from madkit.engine.train import train
 
     try:
-        result = train(loaded, registry, out, stop_after=args.stop_after)
-    except IncompatibleCheckpointError as exc:
+        result = train(loaded, registry, out, stop_after=args.stop_after, allow_changes=args.allow_changes)
+    except (IncompatibleCheckpointError, ResumeChangeError) as exc:
         raise UsageError(str(exc)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.run_dir}")

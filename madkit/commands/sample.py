@@ -1,11 +1,11 @@
-"""``madkit sample RUN_DIR_OR_CHECKPOINT --num N --steps S ...``: PNG files from a trained model."""
+"""``madkit sample RUN_DIR_OR_CHECKPOINT_OR_EXPORT --num N --steps S ...``: PNG files from a trained model."""
 
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sample", help="generate PNG images from a run folder or checkpoint (EMA weights by default)")
-    p.add_argument("checkpoint", help="run folder (its latest checkpoint) or a checkpoint folder")
+    p = sub.add_parser("sample", help="generate PNG images from a run, checkpoint or export (EMA weights by default)")
+    p.add_argument("checkpoint", help="run folder (its latest checkpoint), a checkpoint folder or an export folder")
     p.add_argument("--num", type=int, default=16, help="number of images")
     p.add_argument("--steps", type=int, default=None, help="denoising steps per block (default: the spec's sampler)")
     p.add_argument("--sampler", default=None, help="sampler kind, e.g. ddim or dpm-solver++ (default: the spec's)")
@@ -13,7 +13,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i's noise comes from (seed, i)")
     p.add_argument("--out", default=None, help="output folder (default RUN/samples/<checkpoint>-<sampler>-<steps>)")
     p.add_argument("--batch", type=int, default=16, help="images per forward batch (does not change the images)")
-    p.add_argument("--grid", action="store_true", help="also write grid.png with every image of this shard")
+    p.add_argument(
+        "--grid", action="store_true", help="also write grid.png with every image (grid-IofK.png per --shard I/K)"
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (reference path)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--shard", default="0/1", help="i/k: generate every k-th image starting at i (multi-process)")
@@ -21,37 +23,44 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import attrs
     import torch
+    from PIL import Image
 
     from madkit.commands import UsageError
-    from madkit.engine.checkpoint import load_for_inference, resolve_checkpoint
     from madkit.engine.distributed import resolve_device
-    from madkit.engine.generate import generate_images, parse_shard, shard_indices, to_uint8_hwc
+    from madkit.engine.generate import (
+        GuidanceError,
+        check_guidance,
+        generate_images,
+        parse_shard,
+        shard_indices,
+        to_uint8_hwc,
+    )
+    from madkit.engine.inference import load_for_inference, resolve_weights
     from madkit.engine.samples import save_grid
-    from madkit.registry import Registry
-    from PIL import Image
+    from madkit.registry import Registry, UnknownKindError
 
     if args.num <= 0 or args.batch <= 0 or (args.steps is not None and args.steps <= 0):
         raise UsageError("--num, --batch and --steps must be positive")
     shard = parse_shard(args.shard)
     registry = Registry.load()
     device = resolve_device(args.device)
-    ckpt = resolve_checkpoint(args.checkpoint)
-    experiment, model = load_for_inference(ckpt, registry, use_ema=not args.raw, device=device)
-    sampler = experiment.sampler
-    if args.sampler:
-        # another algorithm, but the spec's step count and guidance unless the flags say otherwise
-        config_cls = registry.get("sampler", args.sampler).config_cls
-        keep = {f.name: getattr(experiment.spec.sampler, f.name) for f in attrs.fields(config_cls)
-                if f.name in ("steps", "guidance") and hasattr(experiment.spec.sampler, f.name)}
-        sampler = config_cls(**keep).build(schedule=experiment.schedule)
+    source = resolve_weights(args.checkpoint)
+    experiment, model = load_for_inference(source, registry, use_ema=not args.raw, device=device)
+    # another algorithm keeps the spec's step count and guidance unless the flags say otherwise
+    try:
+        sampler, kind = experiment.make_sampler(args.sampler)
+    except UnknownKindError as exc:
+        raise UsageError(f"--sampler: {exc}") from None
     steps = args.steps or sampler.steps
     guidance = sampler.guidance if args.guidance is None else args.guidance
-    kind = args.sampler or registry.kind_of("sampler", experiment.spec.sampler)
+    try:
+        check_guidance(args.guidance, model.class_conditional)
+    except GuidanceError as exc:
+        raise UsageError(f"--guidance: {exc}") from None
     # everything that changes the pixels is in the folder name, so runs with other settings never overwrite
-    name = f"{ckpt.name}-{kind}-{steps}-g{guidance:g}-{'raw' if args.raw else 'ema'}-s{args.seed}"
-    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / name
+    name = f"{source.label}-{kind}-{steps}-g{guidance:g}-{'raw' if args.raw else 'ema'}-s{args.seed}"
+    out = Path(args.out) if args.out else source.home / "samples" / name
     out.mkdir(parents=True, exist_ok=True)
     codec = experiment.codec.to(device)
     indices = shard_indices(args.num, shard)
@@ -65,6 +74,7 @@ def run(args) -> int:
             Image.fromarray(to_uint8_hwc(image).numpy()).save(path)
             written.append((path, image))
     if args.grid and written:
-        save_grid(torch.stack([img for _, img in written]), out / f"grid-{shard[0]}of{shard[1]}.png")
+        grid = "grid.png" if shard == (0, 1) else f"grid-{shard[0]}of{shard[1]}.png"
+        save_grid(torch.stack([img for _, img in written]), out / grid)
     print(f"wrote {len(written)} images ({'EMA' if not args.raw else 'raw'} weights, {kind}, {steps} steps) to {out}")
     return 0

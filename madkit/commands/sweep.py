@@ -54,7 +54,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from madkit.engine.distributed import resolve_device
-    from madkit.engine.sweep import Evaluator, plot_sweep, run_sweep, write_csv
+    from madkit.engine.generate import GuidanceError
+    from madkit.engine.spread import with_spread
+    from madkit.engine.sweep import Evaluator, plot_sweep, run_sweep, sample_size_note, write_csv
     from madkit.registry import Registry
 
     steps = parse_steps(args.steps)
@@ -67,7 +69,10 @@ def run(args) -> int:
     registry = Registry.load()
     check_kinds(registry, request)
     evaluator = Evaluator(registry, request)
-    result = run_sweep(args.runs, steps, evaluator, resolve_device(args.device), budget=budget, force=args.force)
+    try:
+        result = run_sweep(args.runs, steps, evaluator, resolve_device(args.device), budget=budget, force=args.force)
+    except GuidanceError as exc:
+        raise UsageError(f"--guidance: {exc}") from None
     rows, metric = result.rows, result.metric_keys[0]
     out = Path(args.out) if args.out else Path(rows[0]["run"]) / "eval"
     write_csv(rows, out / "sweep.csv")
@@ -75,9 +80,11 @@ def run(args) -> int:
     for row in rows:
         flops = row["sample_flops_per_image"]
         print(
-            f"{row['label']:<26} steps {row['steps']:>4}  {metric} {row[metric]:9.4f}  "
+            f"{row['label']:<26} steps {row['steps']:>4}  {metric} {with_spread(row, metric):>17}  n {row['num']}  "
             f"FLOPs/image {'n/a' if flops is None else format(flops, '.3g')}  s/image {row['seconds_per_image']:.3g}"
             + ("  <- at the budget" if row["budget_matched"] else "")
         )
     print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    if note := sample_size_note(request.num):
+        print(note)
     return 0

@@ -1,8 +1,6 @@
 """``madkit validate SPEC [--set K=V ...]``: exit 0 with a summary, or 2 with every problem."""
 
 from madkit.commands import add_spec_args
-from madkit.experiment_spec import load_spec
-from madkit.registry import Registry
 
 
 def add_parser(sub) -> None:
@@ -14,10 +12,23 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from madkit.experiment_spec import load_spec, spec_context
+    from madkit.registry import Registry
+
     registry = Registry.load()
-    s = load_spec(args.spec, args.sets, registry, check_resources=not args.no_data).spec
+    loaded = load_spec(args.spec, args.sets, registry, check_resources=not args.no_data)
+    s = loaded.spec
+    context = spec_context(s, registry)
     kinds = ", ".join(
         f"{iface}={registry.kind_of(iface, getattr(s, iface))}" for iface in ("data", "codec", "model", "sampler")
     )
-    print(f"{args.spec}: valid: {s.name!r} ({kinds}; {s.train.steps} steps, global batch {s.train.batch})")
+    # the shapes show what --set swaps changed (a new data kind brings its own default resolution)
+    named = (("images", "image_shape"), ("latents", "latent_shape"))
+    shapes = ", ".join(f"{what} {'x'.join(map(str, context[key]))}" for what, key in named if key in context)
+    print(
+        f"{args.spec}: valid: {s.name!r} ({kinds}; {shapes}; {s.train.steps} steps, "
+        f"global batch {s.train.batch})"
+    )
+    for note in loaded.notes:
+        print(f"note: {note}")
     return 0

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic folders of plain state, found, validated, pruned and loaded for inference.
+"""Checkpoints: atomic folders of plain state, found, validated and pruned (``madkit.engine.inference``
+loads them, and exports, for sampling).
 
 Layout: ``RUN/checkpoints/<step, 8 digits>/`` holding
 
@@ -7,6 +8,10 @@ Layout: ``RUN/checkpoints/<step, 8 digits>/`` holding
 - ``state.pt``: everything else as plain data, readable with ``torch.load(weights_only=True)``:
   step, optimizer, lr schedule, grad scaler, data position, RNG states per rank, EMA update count,
   the resolved spec (a dict) and the versions of madkit, torch and every plugin.
+
+A sharded checkpoint (``train.strategy = "fsdp"`` or ``"hsdp"``) holds ``state.pt`` without the
+optimizer and a ``sharded/`` folder of ``torch.distributed.checkpoint`` files (model, EMA, optimizer;
+see sharded_checkpoint.py). ``load_weights`` and ``stored_shapes`` read either layout.
 
 Atomicity: a checkpoint is written into ``checkpoints/.tmp-<step>-<pid>/``, each file fsynced, then
 renamed to its final name and the parent folder fsynced. A folder whose name is all digits is
@@ -28,9 +33,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from madkit.spec_loading import flatten
+
 CHECKPOINTS = "checkpoints"
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "state.pt"
 FILES = (MODEL_FILE, EMA_FILE, STATE_FILE)
+SHARDED_DIR = "sharded"  # a sharded checkpoint's DCP files; complete once DCP wrote its .metadata
 FORMAT_VERSION = 1
 _TMP_PREFIX = ".tmp-"
 # torch.compile(submodule) wraps it as `_orig_mod`; the trainer never saves through a DDP wrapper,
@@ -52,8 +60,20 @@ def step_dir_name(step: int) -> str:
     return f"{step:08d}"
 
 
+def is_sharded(folder: Path) -> bool:
+    return (Path(folder) / SHARDED_DIR / ".metadata").is_file()
+
+
+def has_all_files(folder: Path) -> bool:
+    """``state.pt`` and the weights: both safetensors files, or the sharded folder."""
+    if not (folder / STATE_FILE).is_file():
+        return False
+    return is_sharded(folder) or all((folder / f).is_file() for f in FILES)
+
+
 def is_complete(folder: Path) -> bool:
-    return folder.name.isdigit() and all((folder / f).is_file() for f in FILES)
+    """A checkpoint of a run's ``checkpoints/`` (named by its step) with all its files."""
+    return folder.name.isdigit() and has_all_files(folder)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -75,9 +95,11 @@ def resolve_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
     """A checkpoint folder itself, or a run folder's latest checkpoint."""
     path = Path(run_dir_or_ckpt)
     if (path / STATE_FILE).is_file():
-        if not is_complete(path):
+        if not has_all_files(path):
             missing = [f for f in FILES if not (path / f).is_file()]
-            raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+            raise CheckpointError(
+                f"checkpoint {path} is incomplete: missing {', '.join(missing)} (or {SHARDED_DIR}/.metadata)"
+            )
         return path
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run folder or a checkpoint folder")
@@ -136,29 +158,54 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write one checkpoint atomically, then keep only the newest ``keep``. Returns its folder."""
-    root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
+    final = checkpoint_folder(run_dir, step)
     if is_complete(final):
         return final  # already written (e.g. the run resumed at its last step)
     sweep_temp_folders(run_dir)
-    tmp = root / f"{_TMP_PREFIX}{step_dir_name(step)}-{os.getpid()}"
-    tmp.mkdir()
-    save_file(_to_cpu(model_state), tmp / MODEL_FILE, metadata={"format": "pt"})
-    save_file(_to_cpu(ema_state), tmp / EMA_FILE, metadata={"format": "pt"})
-    with open(tmp / STATE_FILE, "wb") as f:
+    tmp = temp_folder(final)
+    write_weights(tmp, model_state, ema_state)
+    write_state(tmp, state)
+    commit_folder(tmp, final)
+    prune(run_dir, keep)
+    return final
+
+
+def checkpoint_folder(run_dir: str | Path, step: int) -> Path:
+    """``RUN/checkpoints/<step>`` (its parent is created)."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    return root / step_dir_name(step)
+
+
+def temp_folder(final: Path) -> Path:
+    """A fresh folder beside ``final`` to write into; ``commit_folder`` renames it to ``final``."""
+    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_weights(folder: Path, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor]) -> None:
+    save_file(_to_cpu(model_state), folder / MODEL_FILE, metadata={"format": "pt"})
+    save_file(_to_cpu(ema_state), folder / EMA_FILE, metadata={"format": "pt"})
+
+
+def write_state(folder: Path, state: dict[str, Any]) -> None:
+    with open(folder / STATE_FILE, "wb") as f:
         torch.save({"format": FORMAT_VERSION, **state}, f)
         f.flush()
         os.fsync(f.fileno())
-    for name in (MODEL_FILE, EMA_FILE):
-        _fsync_file(tmp / name)
+
+
+def commit_folder(tmp: Path, final: Path) -> None:
+    """fsync what ``tmp`` holds, then rename it to ``final`` atomically."""
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            _fsync_file(path)
     _fsync_dir(tmp)
     if final.exists():  # an incomplete folder under the final name (not written by us): replace it
         _remove(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
-    prune(run_dir, keep)
-    return final
+    _fsync_dir(final.parent)
 
 
 def _remove(folder: Path) -> None:
@@ -194,8 +241,25 @@ def load_state(ckpt: str | Path, device: torch.device | str = "cpu") -> dict[str
         raise CheckpointError(f"{path}: cannot be read as a madkit checkpoint state: {exc}") from exc
 
 
+def stored_spec(ckpt: str | Path) -> dict[str, Any]:
+    """The resolved spec a checkpoint was trained with, without reading its tensors (the state file is
+    memory-mapped, so a 1B-parameter model's optimizer state costs nothing here)."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read as a madkit checkpoint state: {exc}") from exc
+    if "spec" not in state:
+        raise CheckpointError(f"{path} holds no resolved spec; it was not written by madkit")
+    return state["spec"]
+
+
 def load_weights(ckpt: str | Path, use_ema: bool, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     path = Path(ckpt) / (EMA_FILE if use_ema else MODEL_FILE)
+    if not path.is_file() and is_sharded(ckpt):
+        from madkit.engine.sharded_checkpoint import read_full
+
+        return {k: v.to(device) for k, v in read_full(ckpt, "ema" if use_ema else "model").items()}
     try:
         return load_file(path, device=str(device))
     except Exception as exc:
@@ -203,8 +267,14 @@ def load_weights(ckpt: str | Path, use_ema: bool, device: torch.device | str = "
 
 
 def stored_shapes(ckpt: str | Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes in ``model.safetensors`` without reading the data."""
-    with safe_open(Path(ckpt) / MODEL_FILE, framework="pt") as f:
+    """Tensor shapes in a checkpoint's ``model.safetensors`` or sharded model (or in a given
+    .safetensors file, e.g. an export's) without reading the data."""
+    path = Path(ckpt)
+    if path.suffix != ".safetensors" and not (path / MODEL_FILE).is_file() and is_sharded(path):
+        from madkit.engine.sharded_checkpoint import stored_shapes as sharded_shapes
+
+        return sharded_shapes(path, "model")
+    with safe_open(path if path.suffix == ".safetensors" else path / MODEL_FILE, framework="pt") as f:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (a safetensors handle, not a dict)
 
 
@@ -241,50 +311,19 @@ def check_compatible(
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(dotted key, old, new) for every value that differs outside the shape-insensitive sections."""
-    a, b = _flatten(old), _flatten(new)
+    return [d for d in all_spec_differences(old, new) if d[0].split(".")[0] not in _SHAPE_INSENSITIVE]
+
+
+def all_spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every value that differs, sorted by key; a missing one is "(absent)"."""
+    a, b = flatten(old), flatten(new)
     out = []
     for key in sorted(set(a) | set(b)):
-        if key.split(".")[0] in _SHAPE_INSENSITIVE:
-            continue
         va, vb = a.get(key, "(absent)"), b.get(key, "(absent)")
         if _plain(va) != _plain(vb):
             out.append((key, va, vb))
     return out
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-# --------------------------------------------------------------------------- inference
-def load_for_inference(run_dir_or_ckpt: str | Path, registry, use_ema: bool = True, device: torch.device | str = "cpu"):
-    """Rebuild a run's experiment from the spec stored in its checkpoint and load its weights.
-
-    Returns ``(experiment, model)``; ``model`` (eval mode, on ``device``) is ``experiment.model``.
-    ``run_dir_or_ckpt`` is a run folder (its latest checkpoint is used) or a checkpoint folder.
-    """
-    from madkit.build import build_experiment
-    from madkit.experiment_spec import structure_spec
-
-    ckpt = resolve_checkpoint(run_dir_or_ckpt)
-    state = load_state(ckpt)
-    if "spec" not in state:
-        raise CheckpointError(f"{ckpt / STATE_FILE} holds no resolved spec; it was not written by madkit")
-    spec = structure_spec(state["spec"], registry)
-    experiment = build_experiment(spec, registry, device=str(device))
-    model = experiment.model
-    check_compatible(ckpt, model, state["spec"], f"the spec stored in {ckpt}", state["spec"])
-    load_unwrapped(model, load_weights(ckpt, use_ema, device))
-    model.eval()
-    return experiment, model

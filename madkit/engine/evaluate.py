@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import attrs
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 from madkit.interfaces import DataSource, FeatureExtractor, FeatureSet, Metric
 from madkit.registry import Registry
@@ -142,13 +144,16 @@ def extract(extractor: FeatureExtractor, images: ImageSet, batch_size: int = 64)
     digest = hashlib.sha256()
     parts: dict[str, list[torch.Tensor]] = {}
     count = 0
+    bar = tqdm(unit="img", desc=f"features ({extractor.name})", disable=None, file=sys.stderr)
     for batch in images.batches(batch_size):
+        bar.update(len(batch))
         for image in batch:
             digest.update(f"{tuple(image.shape)};".encode())
             digest.update(image.contiguous().numpy().tobytes())
         for role, values in extractor.features(batch).items():
             parts.setdefault(role, []).append(values)
         count += len(batch)
+    bar.close()
     if count == 0:
         raise ValueError(f"{images.source}: no images")
     features = {role: torch.cat(values) for role, values in parts.items()}
@@ -254,6 +259,23 @@ def _lazy(registry: Registry | None) -> Callable[[], Registry]:
         return loaded
 
     return get
+
+
+def with_proxy_data(table: dict[str, Any], data: Any, registry: Registry) -> dict[str, Any]:
+    """``table`` with a ``data`` table added where a ``proxy`` extractor could not learn from the
+    evaluation's own data: OpenMoji data with fewer than two classes (one group, or labels = false,
+    as in the quickstart) gets a proxy trained on every OpenMoji group at the same resolution."""
+    if table.get("kind") != "proxy" or "data" in table:
+        return table
+    try:
+        if registry.kind_of("data", data) != "openmoji":
+            return table
+    except LookupError:  # a data config no plugin registered (built by hand): nothing to say about it
+        return table
+    classes = data.num_classes() if callable(getattr(data, "num_classes", None)) else 0
+    if classes >= 2:
+        return table
+    return {**table, "data": {"kind": "openmoji", "resolution": data.resolution}}
 
 
 def resolve_extractor(extractor: Any, registry: Registry | None = None, data: Any = None) -> FeatureExtractor:

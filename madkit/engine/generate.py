@@ -35,6 +35,37 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, k
 
 
+class GuidanceError(ValueError):
+    """Classifier-free guidance was asked of a model that has no classes."""
+
+
+UNCONDITIONAL = "this model does not use class labels (it was not trained class-conditional)"
+
+
+def check_guidance(guidance: float | None, conditional: bool) -> None:
+    """Refuse a guidance scale other than 1 for a model that ignores labels: it would silently do nothing."""
+    if guidance is not None and guidance != 1.0 and not conditional:
+        raise GuidanceError(
+            f"guidance {guidance:g} needs a class-conditional model, but {UNCONDITIONAL}; leave guidance at 1 (off)"
+        )
+
+
+def check_labels(labels, num: int | None, num_classes: int, conditional: bool) -> torch.Tensor | None:
+    """``labels`` (a sequence or tensor of class indices, or None) as a long tensor, checked against
+    the model's classes and the image count."""
+    if labels is None:
+        return None
+    if not conditional or not num_classes:
+        raise ValueError(f"labels were given, but {UNCONDITIONAL}")
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if num is not None and len(labels) != num:
+        raise ValueError(f"{len(labels)} labels for {num} images; give one label per image")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ValueError(f"label {int(bad[0])} is out of range: this model has classes 0..{num_classes - 1}")
+    return labels
+
+
 def default_labels(indices: Sequence[int], num_classes: int) -> torch.Tensor | None:
     return torch.tensor([i % num_classes for i in indices]) if num_classes else None
 
@@ -55,6 +86,7 @@ def generate_latents(
     progress: bool = False,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (indices, latents [len, c, h, w]) batch by batch."""
+    check_guidance(guidance, model.class_conditional)
     device = next(model.parameters()).device
     labels = default_labels(indices, num_classes) if labels is None else labels
     was_training = model.training

@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from madkit.cache import cache_root as madkit_cache_root
 from madkit.interfaces import Codec, DataSource
 
 logger = logging.getLogger("madkit.latent_cache")
@@ -46,14 +47,6 @@ logger = logging.getLogger("madkit.latent_cache")
 FORMAT_VERSION = 1
 META = "meta.json"
 _MASK64 = (1 << 64) - 1
-
-
-def default_cache_root() -> Path:
-    """``$MADKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/madkit``, else ``~/.cache/madkit``."""
-    if root := os.environ.get("MADKIT_CACHE_DIR"):
-        return Path(root).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "madkit"
 
 
 def cache_facts(data_config: Any, codec: Codec, image_shape: tuple[int, ...], hflip: bool) -> dict[str, Any]:
@@ -77,7 +70,7 @@ def cache_facts(data_config: Any, codec: Codec, image_shape: tuple[int, ...], hf
 
 def cache_dir_for(facts: dict[str, Any], cache_root: str | Path | None = None) -> Path:
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(cache_root or default_cache_root()) / "latents" / digest
+    return Path(cache_root or madkit_cache_root()) / "latents" / digest
 
 
 def latents_for_source(

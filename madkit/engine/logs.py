@@ -41,9 +41,35 @@ def format_line(step: int, total: int, record: dict[str, Any]) -> str:
     )
 
 
-def build_sinks(kinds: Sequence[str], registry, run_dir: Path) -> list[Sink]:
-    """One sink per kind in ``log.sinks``, each built with its default config."""
-    return [registry.get("sink", kind).config_cls().build(run_dir=run_dir) for kind in kinds]
+def build_sinks(kinds: Sequence[str], registry, run_dir: Path, config: dict[str, Any] | None = None) -> list[Sink]:
+    """One sink per kind in ``log.sinks``, each built with its default config; ``config`` (the
+    resolved spec) is handed to each sink's ``log_config``."""
+    sinks = [registry.get("sink", kind).config_cls().build(run_dir=run_dir) for kind in kinds]
+    if config is not None:
+        for sink in sinks:
+            sink.log_config(config)
+    return sinks
+
+
+def eval_tag(metric: str, record: dict[str, Any]) -> str:
+    """``eval/fid/euler-s25-n1000``: one curve per sampling setting, plotted against the training step."""
+    s = record["sampling"]
+    settings = f"{s['sampler']}-s{s['steps']}-n{s['num']}"
+    if s.get("guidance") is not None:
+        settings += f"-g{s['guidance']:g}"
+    if record["checkpoint"].get("weights") == "raw":
+        settings += "-raw"
+    return f"eval/{metric}/{settings}"
+
+
+def log_eval_record(record: dict[str, Any], kinds: Sequence[str], registry, run_dir: Path) -> None:
+    """Send one ``madkit eval`` record's metric values to the run's sinks, at its checkpoint's step."""
+    scalars = {eval_tag(name, record): float(value) for name, value in record["metric_values"].items()}
+    for sink in build_sinks(kinds, registry, run_dir):
+        try:
+            sink.log_scalars(int(record["checkpoint"]["step"]), scalars)
+        finally:
+            sink.close()
 
 
 class Reporter:

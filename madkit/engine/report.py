@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from madkit.engine.run_dir import RunDir, read_metrics
+from madkit.engine.spread import SUMMARY_KIND, format_number, is_spread, with_spread
 
 THUMBNAIL_SIDE = 640  # px, longest side of an inlined sample grid
 MAX_GRIDS = 8  # sample grids shown, evenly spaced over training (the last always)
@@ -204,34 +205,50 @@ def _data_credit(config_text: str) -> str:
     return " Trained on OpenMoji emoji (https://openmoji.org, CC BY-SA 4.0)." if kind == "openmoji" else ""
 
 
+def _checkpoint_means(summaries: Sequence[dict[str, Any]]) -> str:
+    """The FID protocol's summaries (``madkit eval --last K``): each metric's mean over checkpoints."""
+    header = ["checkpoints", "weights", "sampler", "steps", "images each", "metric", "mean ± std over checkpoints",
+              "std within one", "extractor"]
+    rows = []
+    for s in summaries:
+        steps = ", ".join(str(c["step"]) for c in s["checkpoints"])
+        for key, entry in s["summary"].items():
+            rows.append([
+                steps, s["weights"], s["sampling"]["sampler"], s["sampling"]["steps"], s["sampling"]["num"], key,
+                f"{format_number(entry['mean'])} ± {format_number(entry['std'])} (n = {entry['n']})",
+                entry.get("mean_within_checkpoint_std"), s["extractor"],
+            ])
+    return "<p>Means over checkpoints (the FID protocol)</p>" + table(header, rows)
+
+
 def _evaluations(run: RunDir) -> str:
-    records = []
-    for path in sorted((run.root / "eval").glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(record, dict) and isinstance(record.get("metric_values"), dict):
-            records.append(record)
+    from madkit.engine.sweep import read_eval_jsons
+
+    found = read_eval_jsons(run.root)
+    records = [r for r in found if isinstance(r.get("metric_values"), dict)]
+    summaries = [r for r in found if r.get("kind") == SUMMARY_KIND and isinstance(r.get("summary"), dict)]
     if not records:
         return '<p class="note">No evaluations yet (eval/*.json from <code>madkit eval</code>).</p>'
     records.sort(key=lambda r: (r["checkpoint"]["step"], r["sampling"]["sampler"], r["sampling"]["steps"]))
-    metric_keys = list(dict.fromkeys(k for r in records for k in r["metric_values"]))
+    metric_keys = list(dict.fromkeys(k for r in records for k in r["metric_values"]
+                                     if not is_spread(k, r["metric_values"])))
     header = ["checkpoint", "weights", "sampler", "steps", "images", *metric_keys, "extractor", "reference",
               "FLOPs/image", "s/image"]
     rows = []
     for r in records:
         cost = r.get("cost") or {}
         reference = r.get("reference") or {}
+        values = r["metric_values"]
         rows.append([
             r["checkpoint"]["step"], r["checkpoint"]["weights"], r["sampling"]["sampler"], r["sampling"]["steps"],
-            r["sampling"]["num"], *(r["metric_values"].get(k) for k in metric_keys), r["extractor"],
-            f"{reference.get('num', '?')} images, sha256 {str(reference.get('content_hash', ''))[:12]}",
+            r["sampling"]["num"], *(with_spread(values, k) if k in values else None for k in metric_keys),
+            r["extractor"], f"{reference.get('num', '?')} images, sha256 {str(reference.get('content_hash', ''))[:12]}",
             cost.get("sample_flops_per_image"), r.get("seconds_per_image"),
         ])
     note = ('<p class="note">Metric values are named after the extractor that produced them: only '
-            '"inception-v3-compat" figures are comparable to published FID.</p>')
-    return note + table(header, rows)
+            '"inception-v3-compat" figures are comparable to published FID. "± s" is one standard deviation: '
+            'for FID a bootstrap over the generated images, for KID over its subsets.</p>')
+    return note + table(header, rows) + (_checkpoint_means(summaries) if summaries else "")
 
 
 def _sweeps(run: RunDir) -> str | None:

@@ -1,7 +1,9 @@
 """The run folder: where a training run leaves everything a person or a tool needs afterwards.
 
     RUN/config.resolved.toml   the spec with every default spelled out (re-runnable as is)
-        versions.json          madkit, torch, python and every loaded plugin's distribution/version
+        versions.json          madkit, python, every dependency and loaded plugin's version, the git
+                               commit of a source checkout, the command line
+        train.log              what the console showed (madkit.engine.console_log)
         metrics.jsonl          one JSON object per log step
         checkpoints/<step>/    see madkit.engine.checkpoint
         samples/step_<step>.png fixed-noise sample grids
@@ -16,7 +18,10 @@ import json
 import math
 import os
 import platform
+import re
+import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,10 @@ class RunDir:
     @property
     def versions(self) -> Path:
         return self.root / "versions.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
 
     @property
     def metrics(self) -> Path:
@@ -66,14 +75,51 @@ class RunDir:
 
 
 def collect_versions(registry) -> dict[str, Any]:
+    """Plain data only (it goes into every checkpoint, read back with weights_only)."""
     return {
         "madkit": madkit.__version__,
         "torch": str(torch.__version__),  # a TorchVersion, which weights_only loading refuses
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cuda": str(torch.version.cuda) if torch.version.cuda else None,
+        "dependencies": dependency_versions(),
         "plugins": registry.versions(),
+        "git": source_commit(),
+        "command": list(sys.argv),
+        "cwd": os.getcwd(),
     }
+
+
+def dependency_versions(distribution: str = "madkit") -> dict[str, str]:
+    """Installed version of every package ``distribution`` requires, optional extras included."""
+    try:
+        requirements = metadata.requires(distribution) or []
+    except metadata.PackageNotFoundError:
+        return {}
+    out = {}
+    for requirement in requirements:
+        name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # an extra that is not installed
+    return dict(sorted(out.items()))
+
+
+def source_commit() -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` when madkit runs from a git checkout of its own source, else None."""
+    root = Path(madkit.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True)
+        return done.stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return None  # an installed copy that happens to sit inside some other repository
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _write_text(path: Path, text: str) -> None:

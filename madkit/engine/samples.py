@@ -18,6 +18,8 @@ from torchvision.utils import make_grid, save_image
 from madkit.engine.generate import generate_images
 from madkit.interfaces import Codec, GenerativeModel, Sampler
 
+MIN_IMAGE_SIDE = 128  # pixels per image in a saved grid, at least
+
 
 def sample_images(
     model: GenerativeModel,
@@ -41,9 +43,14 @@ def sample_images(
 
 
 def save_grid(images: torch.Tensor, path: Path) -> torch.Tensor:
-    """Write images in [-1, 1] as one PNG grid (about square); returns the grid as uint8 [H, W, 3]."""
+    """Write images in [-1, 1] as one PNG grid (about square); returns the grid as uint8 [H, W, 3].
+
+    Images smaller than ``MIN_IMAGE_SIDE`` are enlarged by a whole factor with nearest-neighbour
+    pixels (crisp, nothing invented), so a grid of 32x32 emoji is a file one can look at."""
     nrow = max(1, math.ceil(math.sqrt(images.shape[0])))
     grid = make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+    scale = max(1, math.ceil(MIN_IMAGE_SIDE / max(images.shape[-2:])))
+    grid = grid.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, path)
     return (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()

@@ -35,26 +35,67 @@ import attrs
 import torch
 
 import madkit
-from madkit.engine.checkpoint import load_for_inference, resolve_checkpoint
-from madkit.engine.evaluate import extract, reference_images, resolve_extractor, resolve_metrics, to_uint8
-from madkit.engine.generate import generate_images, shard_indices
+from madkit.engine.evaluate import (
+    extract,
+    reference_images,
+    resolve_extractor,
+    resolve_metrics,
+    to_uint8,
+    with_proxy_data,
+)
+from madkit.engine.generate import check_guidance, generate_images, shard_indices
+from madkit.engine.inference import WeightsSource, load_for_inference, resolve_weights, stored_spec
+from madkit.engine.spread import spread_key
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
 from madkit.registry import Registry
 
 EVAL_DIR = "eval"
 COST_KEYS = ("nfe", "layer_passes", "sample_flops_per_image")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Below this many images FID's upward bias (it shrinks like 1/N) and its noise dominate differences
+# between models; 2,048 is also the Inception feature width, below which the covariance is singular.
+RELIABLE_NUM = 2048
+
+
+def sample_size_note(num: int) -> str | None:
+    """A warning for FID-style figures from too few images, or None."""
+    if num >= RELIABLE_NUM:
+        return None
+    return (
+        f"note: {num} images is a small sample: FID is biased upward and noisy at this size (it falls as the "
+        f"count grows), so compare only figures measured with the same count; use --num {RELIABLE_NUM} or more "
+        "(the paper's protocol: 8,000) for figures to quote"
+    )
 
 
 def _log(message: str) -> None:
     print(f"madkit: {message}", file=sys.stderr)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def read_eval_jsons(folder: str | Path) -> list[dict[str, Any]]:
+    """Every readable JSON object under ``folder``/eval: eval records and the FID protocol's summaries
+    (unreadable or foreign JSON files are skipped)."""
+    found = []
+    for path in sorted((Path(folder) / EVAL_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict):
+            found.append(record)
+    return found
+
+
+def read_eval_records(folder: str | Path) -> list[dict[str, Any]]:
+    """Every readable eval record under ``folder``/eval."""
+    return [r for r in read_eval_jsons(folder) if isinstance(r.get("metric_values"), dict)]
 
 
 # --------------------------------------------------------------------------- what is evaluated
@@ -69,42 +110,74 @@ class Request:
     use_ema: bool = True
     batch: int = 16  # images per forward pass and per extractor call (changes no image)
     metrics: tuple[str, ...] = ("fid",)
+    metric_config: dict[str, dict[str, Any]] = attrs.Factory(dict)  # per metric kind, e.g. {"fid": {"bootstrap": 20}}
     extractor: dict[str, Any] | None = None  # {"kind": ..., more keys}; None = the data's default
     reference: str | None = None  # folder, .npz or .toml; None = the run's own [data]
     num_reference: int = 0  # a seeded subset of a data-source reference; 0 = all of it
 
 
-@attrs.define
 class LoadedRun:
-    """A checkpoint rebuilt for sampling, with what its records need."""
+    """Weights to evaluate (a checkpoint or an export). Their stored spec is read at once (cheap: a
+    checkpoint's state file is memory-mapped, so its optimizer tensors are never read); the model is
+    built and its weights loaded on first use, so a point whose record is up to date costs no model load."""
 
-    checkpoint: Path
-    run_dir: Path
-    step: int
-    experiment: Any  # madkit.build.Experiment
-    model: GenerativeModel
-    weights: str  # "ema" | "raw"
+    def __init__(self, source: WeightsSource, registry: Registry, use_ema: bool, device: torch.device | str):
+        from madkit.experiment_spec import structure_spec
+
+        self.source, self.registry, self.device = source, registry, torch.device(device)
+        # records go to RUN/eval for a run's checkpoints, and to the folder's own eval/ otherwise
+        self.checkpoint, self.run_dir, self.step = source.path, source.home, source.step
+        self.use_ema, self.weights = use_ema, "ema" if use_ema else "raw"
+        self.spec = structure_spec(stored_spec(source, use_ema)[0], registry)
+        self._loaded: tuple[Any, GenerativeModel] | None = None
+        self._schedule: Any = None
+        self._meta_model: GenerativeModel | None = None
 
     @property
     def data(self) -> Any:
-        return self.experiment.spec.data
+        return self.spec.data
+
+    @property
+    def schedule(self) -> Any:
+        if self._schedule is None:
+            self._schedule = self.spec.schedule.build()
+        return self._schedule
+
+    def _load(self) -> tuple[Any, GenerativeModel]:
+        if self._loaded is None:
+            self._loaded = load_for_inference(self.source, self.registry, use_ema=self.use_ema, device=self.device)
+        return self._loaded
+
+    @property
+    def experiment(self) -> Any:  # madkit.build.Experiment, with the weights loaded
+        return self._load()[0]
+
+    @property
+    def model(self) -> GenerativeModel:
+        return self._load()[1]
+
+    @property
+    def shape(self) -> GenerativeModel:
+        """The loaded model, or until then a meta-device copy: for what the architecture alone decides."""
+        from madkit.build import build_experiment
+
+        if self._loaded is not None:
+            return self._loaded[1]
+        if self._meta_model is None:
+            self._meta_model = build_experiment(self.spec, self.registry, meta=True).model
+        return self._meta_model
 
     def cost(self, steps: int) -> dict[str, Any] | None:
         """The model's analytic cost at ``steps`` (None for models that do not report one)."""
         try:
-            return self.model.compute_cost(steps)
+            return self.shape.compute_cost(steps)
         except NotImplementedError:
             return None
 
 
 def load_run(path: str | Path, registry: Registry, use_ema: bool, device: torch.device | str) -> LoadedRun:
-    """A run folder (its latest checkpoint) or a checkpoint folder, loaded for inference."""
-    ckpt = resolve_checkpoint(path)
-    experiment, model = load_for_inference(ckpt, registry, use_ema=use_ema, device=device)
-    # RUN/checkpoints/<step>/: records go to RUN/eval; a loose checkpoint folder keeps its own eval/
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-    return LoadedRun(ckpt, run_dir, int(ckpt.name) if ckpt.name.isdigit() else 0, experiment, model,
-                     "ema" if use_ema else "raw")
+    """A run folder (its latest checkpoint), a checkpoint folder or an export folder, ready to evaluate."""
+    return LoadedRun(resolve_weights(path), registry, use_ema, device)
 
 
 def point_name(run: LoadedRun, request: Request, sampler: str, steps: int, extractor_kind: str) -> str:
@@ -122,7 +195,9 @@ class Evaluator:
         if request.num < 2:
             raise ValueError(f"num = {request.num}: FID-style metrics need at least 2 generated images")
         self.registry, self.request, self.log = registry, request, log
-        self.metrics = resolve_metrics(list(request.metrics), registry)
+        self.metrics = resolve_metrics(
+            [{"kind": kind, **request.metric_config.get(kind, {})} for kind in request.metrics], registry
+        )
         self._extractors: dict[str, Any] = {}
         self._references: dict[str, tuple[FeatureSet, dict[str, Any]]] = {}
 
@@ -131,9 +206,9 @@ class Evaluator:
         """The extractor asked for, else ``proxy`` for the embedded OpenMoji data (Inception knows
         nothing of emoji and needs downloaded weights) and ``inception`` for everything else."""
         if self.request.extractor is not None:
-            return dict(self.request.extractor)
+            return with_proxy_data(dict(self.request.extractor), run.data, self.registry)
         kind = self.registry.kind_of("data", run.data)
-        return {"kind": "proxy" if kind == "openmoji" else "inception"}
+        return with_proxy_data({"kind": "proxy" if kind == "openmoji" else "inception"}, run.data, self.registry)
 
     def _data_key(self, data: Any) -> dict[str, Any]:
         return {"kind": self.registry.kind_of("data", data), **attrs.asdict(data)}
@@ -171,11 +246,12 @@ class Evaluator:
         return self._references[key]
 
     def sampler(self, run: LoadedRun) -> tuple[Sampler, str]:
-        experiment = run.experiment
+        """The sampler asked for, else the run's own; built from the spec alone (no model needed)."""
         if self.request.sampler is None:
-            return experiment.sampler, self.registry.kind_of("sampler", experiment.spec.sampler)
-        config = self.registry.get("sampler", self.request.sampler).config_cls()
-        return config.build(schedule=experiment.schedule), self.request.sampler
+            config, kind = run.spec.sampler, self.registry.kind_of("sampler", run.spec.sampler)
+        else:
+            config, kind = self.registry.get("sampler", self.request.sampler).config_cls(), self.request.sampler
+        return config.build(schedule=run.schedule), kind
 
     # ------------------------------------------------------------------ one point
     def evaluate(
@@ -185,10 +261,14 @@ class Evaluator:
         shard: tuple[int, int] = (0, 1),
         name: str | None = None,
         force: bool = False,
+        merge: bool = True,
     ) -> dict[str, Any] | None:
         """Evaluate ``run`` at ``steps`` (None: the sampler's). Returns the record written to
-        RUN/eval/<name>.json, or None when this shard is done but others are still missing."""
+        RUN/eval/<name>.json, or None when this shard is done but others are still missing. With
+        ``merge=False`` a shard only writes its part, even when it completes the set (under torchrun
+        rank 0 merges once every rank has reported)."""
         req = self.request
+        check_guidance(req.guidance, run.shape.class_conditional)
         sampler, sampler_kind = self.sampler(run)
         steps = steps or sampler.steps
         if steps <= 0:
@@ -200,7 +280,7 @@ class Evaluator:
         settings = {
             "checkpoint": str(run.checkpoint.resolve()), "step": run.step, "weights": run.weights,
             "sampler": sampler_kind, "steps": steps, "guidance": req.guidance, "seed": req.seed,
-            "num": req.num, "extractor": table, "metrics": sorted(req.metrics),
+            "num": req.num, "extractor": table, "metrics": sorted(req.metrics), "metric_config": req.metric_config,
             "reference": req.reference, "num_reference": req.num_reference,
         }
         out = run.run_dir / EVAL_DIR / f"{name}.json"
@@ -226,7 +306,9 @@ class Evaluator:
                 part["settings"] = settings
                 buffer = io.BytesIO()
                 torch.save(part, buffer)
-                _atomic_write(mine, buffer.getvalue())
+                atomic_write(mine, buffer.getvalue())
+            if not merge:
+                return None
             parts = [_read_part(parts_dir / f"shard-{j}-of-{k}.pt") for j in range(k)]
             missing = [j for j, p in enumerate(parts) if p is None or p["settings"] != settings]
             if missing:
@@ -244,7 +326,7 @@ class Evaluator:
             "extractor": extractor.name,
             "metric_values": values,
             "name": name,
-            "run": {"dir": str(run.run_dir), "name": run.experiment.spec.name},
+            "run": {"dir": str(run.run_dir), "name": run.spec.name},
             "checkpoint": {"path": str(run.checkpoint), "step": run.step, "weights": run.weights},
             "sampling": {"sampler": sampler_kind, "steps": steps, "guidance": req.guidance, "seed": req.seed,
                          "num": req.num, "batch": req.batch, "use_cache": True,
@@ -252,7 +334,7 @@ class Evaluator:
             "model": {k_: cost[k_] for k_ in ("parameters", "depth", "diffusion_depth", "blocks")} if cost else None,
             "cost": {k_: cost[k_] for k_ in COST_KEYS} if cost else None,
             "seconds_per_image": seconds / req.num,
-            "device": str(next(run.model.parameters()).device),
+            "device": str(run.device),
             "shards": k,
             "generated_hash": generated.content_hash,
             "reference": reference_record,
@@ -262,7 +344,7 @@ class Evaluator:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "settings": settings,
         }
-        _atomic_write(out, (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write(out, (json.dumps(record, indent=2) + "\n").encode())
         self.log(f"{out}: " + ", ".join(f"{key} {value:.4g}" for key, value in values.items())
                  + f" ({extractor.name})")
         return record
@@ -278,7 +360,7 @@ class Evaluator:
     @torch.no_grad()
     def _generate(self, run: LoadedRun, sampler: Sampler, steps: int, indices: list[int], extractor) -> dict:
         """Generate and embed images ``indices``: their features, per-image digests and the generation time."""
-        req, device = self.request, next(run.model.parameters()).device
+        req, device = self.request, run.device
         features: dict[str, list[torch.Tensor]] = {}
         digests: list[str] = []
         seconds, started = 0.0, time.perf_counter()
@@ -356,9 +438,9 @@ def steps_within_budget(cost: Callable[[int], dict[str, Any]], budget: float, ma
     return lo
 
 
-def max_sampling_steps(run: LoadedRun) -> int:
+def max_sampling_steps(schedule: Any) -> int:
     """The training schedule's number of timesteps: no sampler takes more distinct steps."""
-    return int(run.experiment.schedule.diffusers_config().get("num_train_timesteps", 1000))
+    return int(schedule.diffusers_config().get("num_train_timesteps", 1000))
 
 
 def model_label(cost: dict[str, Any] | None, fallback: str) -> str:
@@ -384,6 +466,7 @@ def sweep_row(record: dict[str, Any], label: str, budget: float | None, matched:
         **{key: cost.get(key) for key in COST_KEYS},
         "seconds_per_image": record["seconds_per_image"],
         "num": record["sampling"]["num"],
+        "num_reference": (record.get("reference") or {}).get("num"),
         "extractor": record["extractor"],
         **record["metric_values"],
         "budget_flops": budget,
@@ -400,12 +483,19 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({c: ("" if row.get(c) is None else row.get(c)) for c in columns} for row in rows)
-    _atomic_write(path, buffer.getvalue().encode())
+    atomic_write(path, buffer.getvalue().encode())
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "fid", budget: float | None = None) -> None:
+def plot_sweep(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    metric: str = "fid",
+    budget: float | Sequence[float] | None = None,
+    spread: str = "bootstrap over the generated images",
+) -> None:
     """The paper's Figure 4: ``metric`` against sampling FLOPs per image (log x), one curve per model,
-    each point marked with its step count; points chosen under ``budget`` are starred."""
+    each point marked with its step count and, where rows hold ``<metric>_std``, an error bar of one
+    standard deviation (``spread`` says of what); points chosen under a budget are starred."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
     from matplotlib.figure import Figure
 
@@ -413,30 +503,46 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "fid", 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     usable = [r for r in rows if r.get(metric) is not None and r.get("sample_flops_per_image")]
+    std_key = spread_key(metric)
+    with_bars = any(r.get(std_key) is not None for r in usable)
     for label in dict.fromkeys(r["label"] for r in usable):
-        points = sorted({(r["sample_flops_per_image"], r[metric], r["steps"]) for r in usable if r["label"] == label})
-        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        for x, y, steps in points:
+        points = sorted(
+            {(r["sample_flops_per_image"], r[metric], r["steps"], r.get(std_key) or 0.0)
+             for r in usable if r["label"] == label}
+        )
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if with_bars:
+            line = ax.errorbar(xs, ys, yerr=[p[3] for p in points], marker="o", capsize=3, label=label).lines[0]
+        else:
+            (line,) = ax.plot(xs, ys, marker="o", label=label)
+        for x, y, steps, _ in points:
             ax.annotate(str(steps), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=line.get_color())
         for r in usable:
             if r["label"] == label and r.get("budget_matched"):
                 ax.scatter([r["sample_flops_per_image"]], [r[metric]], marker="*", s=220, color=line.get_color(),
                            edgecolors="black", zorder=3)
-    if budget:
-        ax.axvline(budget, linestyle="--", color="gray", label=f"budget {budget:.3g} FLOPs/image (stars)")
+    budgets = [] if budget is None else [budget] if isinstance(budget, (int, float)) else list(budget)
+    for i, value in enumerate(budgets):
+        ax.axvline(value, linestyle="--", color="gray", alpha=0.7,
+                   label=f"budget {value:.3g} FLOPs/image (stars)" if len(budgets) == 1 else
+                   "budgets (stars: the points compared)" if i == 0 else None)
     extractors = sorted({r["extractor"] for r in usable})
+    counts = sorted({int(r["num"]) for r in usable if r.get("num")})
     ax.set_xscale("log")
     ax.set_xlabel("sampling FLOPs per image (numbers: denoising steps per block)")
     ax.set_ylabel(f"{metric.upper()} ({', '.join(extractors)})" if extractors else metric.upper())
-    ax.set_title(f"{metric.upper()} against sampling compute")
+    images = f"{', '.join(map(str, counts))} images per point" if counts else ""
+    bars = f"error bars: ±1 std, {spread}" if with_bars else ""
+    ax.set_title(f"{metric.upper()} against sampling compute" + (f"\n{'; '.join(filter(None, (images, bars)))}"
+                                                                 if images or bars else ""), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if usable:
         ax.legend(fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 @attrs.frozen
@@ -461,12 +567,12 @@ def run_sweep(
     metric_keys: list[str] = []
     for path in paths:
         run = load_run(path, evaluator.registry, evaluator.request.use_ema, device)
-        label = model_label(run.cost(1), run.experiment.spec.name)
+        label = model_label(run.cost(1), run.spec.name)
         matched = None
         if budget is not None:
             if run.cost(1) is None:
                 raise ValueError(f"{path}: its model reports no sampling cost, so it cannot be matched to a budget")
-            matched = steps_within_budget(run.cost, budget, max_sampling_steps(run))
+            matched = steps_within_budget(run.cost, budget, max_sampling_steps(run.schedule))
             if matched is None:
                 evaluator.log(f"{path}: even 1 step costs {run.cost(1)['sample_flops_per_image']:.3g} FLOPs per "
                               f"image, over the budget {budget:.3g}; no point at equal compute for {label}")

@@ -12,6 +12,10 @@ Everything a step draws comes from generators seeded by (seed, purpose, rank, st
 data order is a function of (seed, images consumed), so a resumed run repeats exactly what an
 uninterrupted run does. Rank 0 owns the run folder: metrics, sinks, sample grids and checkpoints.
 
+``train.strategy`` chooses how ranks share the model: ``ddp`` (a whole copy each, DDP) or ``fsdp`` /
+``hsdp`` (sharded with FSDP2, see fsdp.py; every rank then keeps its slice of the EMA, samples
+together with the others and writes its slice of each checkpoint, see sharded_checkpoint.py).
+
 Nothing is written before every input has been checked: a missing dataset or a checkpoint that
 does not fit the spec stops the run with the run folder untouched.
 """
@@ -30,8 +34,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from madkit.build import build_experiment
-from madkit.engine import batches, checkpoint, distributed, rng
+from madkit.engine import batches, checkpoint, distributed, fsdp, rng, sharded_checkpoint
+from madkit.engine.console_log import ConsoleLog, console_log
 from madkit.engine.ema import EMA
+from madkit.engine.init_from import initialize_from
 from madkit.engine.logs import Reporter, build_sinks, memory_gb
 from madkit.engine.model_setup import (
     LossModule,
@@ -41,10 +47,13 @@ from madkit.engine.model_setup import (
 )
 from madkit.engine.optim import LRSchedule, build_optimizer
 from madkit.engine.precision import resolve_precision
+from madkit.engine.resume_changes import check_resume
+from madkit.engine.resume_changes import describe as describe_changes
 from madkit.engine.run_dir import RunDir, collect_versions
 from madkit.engine.samples import sample_images, save_grid
+from madkit.engine.threads import apply_threads
 from madkit.engine.train_data import training_data
-from madkit.experiment_spec import LoadedSpec
+from madkit.experiment_spec import LoadedSpec, with_current_defaults
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,16 +73,20 @@ class TrainResult:
     metrics: dict[str, Any]  # the last metrics record
 
 
-def train(loaded: LoadedSpec, registry, out: str | Path, stop_after: int | None = None) -> TrainResult:
+def train(
+    loaded: LoadedSpec, registry, out: str | Path, stop_after: int | None = None, allow_changes: bool = False
+) -> TrainResult:
     """Train the experiment ``loaded`` describes into the run folder ``out``.
 
     ``stop_after`` ends this invocation after that many optimizer steps in total (saving a
     checkpoint) while schedules still span ``train.steps``: for time-limited jobs that resume.
-    Under torchrun every rank calls this; rank 0 writes.
+    ``allow_changes`` lets a resumed run continue with a spec whose training values differ from its
+    checkpoint's (see madkit.engine.resume_changes). Under torchrun every rank calls this; rank 0 writes.
     """
-    env = distributed.setup(loaded.spec.train.device)
+    env = distributed.setup(loaded.spec.train.device, group_when_alone=fsdp.is_sharded(loaded.spec.train.strategy))
     try:
-        return Trainer(loaded, registry, Path(out), env).run(stop_after)
+        with console_log(env.is_main) as console:
+            return Trainer(loaded, registry, Path(out), env, allow_changes, console).run(stop_after)
     finally:
         distributed.teardown(env)
 
@@ -82,10 +95,22 @@ class Trainer:
     """One training run on one rank. Construction checks every input, restores a checkpoint when
     resuming and only then prepares the run folder; ``run()`` trains."""
 
-    def __init__(self, loaded: LoadedSpec, registry, out: Path, env: distributed.DistEnv):
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        registry,
+        out: Path,
+        env: distributed.DistEnv,
+        allow_changes: bool = False,
+        console: ConsoleLog | None = None,
+    ):
         spec, cfg = loaded.spec, loaded.spec.train
         self.loaded, self.spec, self.cfg, self.env = loaded, spec, cfg, env
+        self.allow_changes, self.resume_changes = allow_changes, []
+        self.init_source: Path | None = None  # the checkpoint train.init_from loaded weights from
         self.device = env.device
+        self.sharded = fsdp.is_sharded(cfg.strategy)
+        self.threads = apply_threads(cfg.threads)
         self.run_dir = RunDir(out)
         _configure_backends(cfg.deterministic, self.device)
         rng.seed_globals(spec.seed, env.rank)
@@ -100,8 +125,12 @@ class Trainer:
         # inputs are good: only now the run folder
         if env.is_main:
             self.run_dir.prepare(loaded.to_toml(), self.versions, self.step)
-        sinks = build_sinks(spec.log.sinks, registry, self.run_dir.root) if env.is_main else []
+            if console is not None:
+                console.attach(self.run_dir.log, " ".join(self.versions["command"]))
+        sinks = build_sinks(spec.log.sinks, registry, self.run_dir.root, loaded.raw) if env.is_main else []
         self.reporter = Reporter(env.is_main, self.run_dir.metrics, sinks, cfg.steps, self.step, spec.log.progress)
+        if self.resume_changes:
+            self.reporter.say(f"resuming with changed values: {describe_changes(self.resume_changes)}")
         distributed.barrier(env)
 
     def _build_and_check(self, registry) -> dict[str, Any] | None:
@@ -120,25 +149,47 @@ class Trainer:
             return None
         # on the CPU: RNG states must stay there, and the optimizer moves its state to the parameters
         state = checkpoint.load_state(self.ckpt, "cpu")
+        # a sharded checkpoint keeps its optimizer state with the weights, not in state.pt
+        if "optimizer" not in state and not checkpoint.is_sharded(self.ckpt):
+            # e.g. a checkpoint made by `madkit import-reference`
+            raise checkpoint.CheckpointError(
+                f"{self.ckpt} holds weights but no optimizer state, so training cannot resume from it; "
+                "sample, evaluate or export it, start a new run from its weights (train.init_from), "
+                "or train into another folder (--out)"
+            )
         checkpoint.check_compatible(self.ckpt, self.model, self.loaded.raw, self.loaded.source, state.get("spec", {}))
+        stored = with_current_defaults(state.get("spec", {}), registry)
+        self.resume_changes = check_resume(self.ckpt, stored, self.loaded.raw, self.loaded.source, self.allow_changes)
         return state
 
     def _prepare_training(self, state: dict[str, Any] | None) -> None:
-        """Weights, EMA, model options, DDP, optimizer and position; restored from ``state`` if given."""
+        """Weights, EMA, model options, DDP or sharding, optimizer and position; restored from ``state`` if given."""
         cfg, env = self.cfg, self.env
-        if state is not None:
+        # a sharded checkpoint is read after sharding, each rank reading only its slices
+        from_shards = state is not None and checkpoint.is_sharded(self.ckpt)
+        if state is not None and not from_shards:
             checkpoint.load_unwrapped(self.model, checkpoint.load_weights(self.ckpt, False, self.device))
+        elif state is None and cfg.init_from:
+            self.init_source = initialize_from(
+                self.model, cfg.init_from, self.loaded.raw, self.loaded.source, self.device
+            )
         self.model.train()
-        # the EMA copies the model before compilation: a copy would otherwise call the original's graphs
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if env.is_main else None
-        if state is not None and self.ema is not None:
+        if self.sharded and env.distributed:  # DDP does this when it wraps; sharding would keep the mix
+            fsdp.broadcast_from_rank0(self.model)
+        # the EMA copies the model before compilation: a copy would otherwise call the original's graphs;
+        # in a sharded run every rank keeps its slice of it
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if env.is_main or self.sharded else None
+        if state is not None and self.ema is not None and not from_shards:
             self.ema.load_state_dict(checkpoint.load_weights(self.ckpt, True, self.device), state["ema"]["updates"])
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model, self.model_kind)
         if cfg.compile:
             compile_blocks(self.model)
         self.loss_module: torch.nn.Module = LossModule(self.model, self.experiment.schedule)
-        if env.distributed:  # DDP broadcasts rank 0's weights: every rank starts identical
+        if self.sharded:
+            ema = self.ema.module if self.ema is not None else None
+            fsdp.shard_for_training(self.model, ema, cfg, env.world_size, self.device, self.precision.name)
+        elif env.distributed:  # DDP broadcasts rank 0's weights: every rank starts identical
             self.loss_module = DistributedDataParallel(
                 self.loss_module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -152,7 +203,15 @@ class Trainer:
         self.step, self.consumed = 0, 0
         if state is None:
             return
-        self.optimizer.load_state_dict(state["optimizer"])
+        if from_shards:
+            ema = self.ema.module if self.ema is not None else None
+            sharded_checkpoint.load(self.ckpt, self.model, ema, self.optimizer, collective=self.sharded)
+            if self.ema is not None:
+                self.ema.updates = int(state["ema"]["updates"])
+        elif self.sharded:
+            sharded_checkpoint.load_whole_optimizer(self.model, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.consumed = int(state["step"]), int(state["data"]["consumed"])
@@ -197,12 +256,16 @@ class Trainer:
 
     def _banner(self, end: int) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
-        source = f"resuming from {self.ckpt}" if self.ckpt else "starting fresh"
+        if self.ckpt:
+            source = f"resuming from {self.ckpt}"
+        else:
+            source = f"starting from the weights of {self.init_source}" if self.init_source else "starting fresh"
         return (
             f"{self.spec.name}: {self.model_kind} model, {n_params:,} parameters; {source} at step "
             f"{self.step}, training to step {end} of {self.cfg.steps} | global batch {self.plan.global_batch} = "
-            f"{self.env.world_size} rank(s) x {self.plan.accumulation} x {self.plan.micro_batch} | "
-            f"{self.precision.name} on {self.device} | run folder {self.run_dir.root}"
+            f"{self.env.world_size} rank(s) x {self.plan.accumulation} x {self.plan.micro_batch}"
+            f"{f' ({self.cfg.strategy})' if self.sharded else ''} | "
+            f"{self.precision.name} on {self.device}, {self.threads} | run folder {self.run_dir.root}"
             + (f" | {self.data.note}" if self.data.note else "")
         )
 
@@ -265,6 +328,8 @@ class Trainer:
                     latents = self.codec.encode(images)
             generator = rng.generator(self.spec.seed, "loss", self.env.rank, self.step, k, device=self.device)
             last = k == plan.accumulation - 1
+            if self.sharded:
+                fsdp.set_gradient_sync(self.model, last)
             sync = contextlib.nullcontext() if (last or not ddp) else self.loss_module.no_sync()
             with sync:
                 with self.precision.autocast():
@@ -278,7 +343,7 @@ class Trainer:
         """Unscale (fp16), clip to ``grad_clip`` (0: measure only); the global norm before clipping."""
         self.scaler.unscale_(self.optimizer)
         limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
-        return torch.nn.utils.clip_grad_norm_(self.params, limit)
+        return fsdp.full_value(torch.nn.utils.clip_grad_norm_(self.params, limit))
 
     def _stop_if_non_finite(self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
         bad = ~torch.isfinite(terms["loss"])
@@ -317,30 +382,48 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
     def _save_checkpoint(self) -> None:
-        """Collective: gathers every rank's RNG state and weight fingerprint; rank 0 writes."""
+        """Collective: gathers every rank's RNG state and weight fingerprint; rank 0 writes (in a
+        sharded run every rank writes its slices)."""
         env = self.env
         rngs = distributed.gather_objects(env, rng.capture())
-        prints = distributed.gather_objects(env, weights_fingerprint(self.model))
-        if any(not torch.equal(prints[0], p) for p in prints[1:]):
-            raise DivergedRanksError(
-                f"step {self.step}: DDP ranks hold different weights; refusing to checkpoint. "
-                "This is a bug in gradient synchronisation (or a model that updates parameters outside backward)"
-            )
-        path = None
+        prints = None
+        if not self.sharded:  # sharded ranks hold different slices by design
+            prints = distributed.gather_objects(env, weights_fingerprint(self.model))
+            if any(not torch.equal(prints[0], p) for p in prints[1:]):
+                raise DivergedRanksError(
+                    f"step {self.step}: DDP ranks hold different weights; refusing to checkpoint. "
+                    "This is a bug in gradient synchronisation (or a model that updates parameters outside backward)"
+                )
+        state = None
         if env.is_main:
             state = {
                 "step": self.step,
-                "optimizer": self.optimizer.state_dict(),
                 "lr_schedule": self.lr_schedule.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "data": batches.position(self.consumed, self.dataset_len),
                 "rng": rngs,
                 "ema": {"updates": self.ema.updates, "decay": self.ema.decay, "warmup": self.ema.warmup},
                 "world_size": env.world_size,
-                "rank_fingerprints": prints,
+                "strategy": self.cfg.strategy,
                 "spec": self.loaded.raw,
                 "versions": self.versions,
             }
+        path = None
+        if self.sharded:
+            path = str(
+                sharded_checkpoint.save(
+                    self.run_dir.root,
+                    self.step,
+                    env,
+                    self.model,
+                    self.ema.module,
+                    self.optimizer,
+                    state,
+                    self.cfg.keep_ckpts,
+                )
+            )
+        elif env.is_main:
+            state.update(optimizer=self.optimizer.state_dict(), rank_fingerprints=prints)
             path = str(
                 checkpoint.save_checkpoint(
                     self.run_dir.root,
@@ -355,8 +438,9 @@ class Trainer:
         distributed.barrier(env)
 
     def _sample(self) -> None:
-        """Rank 0: a fixed-noise grid from the EMA weights into samples/ and the sinks."""
-        if not self.env.is_main:
+        """Rank 0: a fixed-noise grid from the EMA weights into samples/ and the sinks. In a sharded
+        run every rank generates the same images (each block's EMA weights are gathered collectively)."""
+        if not (self.env.is_main or self.sharded):
             return
         images = sample_images(
             self.ema.module,
@@ -369,6 +453,8 @@ class Trainer:
             steps=self.cfg.sample_steps or None,
             autocast=self.precision.autocast,
         )
+        if not self.env.is_main:
+            return
         path = self.run_dir.sample_grid(self.step)
         grid = save_grid(images, path)
         self.reporter.image(self.step, "samples", grid)

@@ -225,7 +225,14 @@ class ScheduleContract:
         det = k["alpha"] * k["c_noise"] - k["sigma"] * k["c_x0"]
         assert det.abs().min() > 1e-6, "x_t and the target do not determine x0"
         x0_back = (k["c_noise"] * xt.double() - k["sigma"] * target.double()) / det
-        torch.testing.assert_close(x0_back, x0.double(), rtol=1e-4, atol=1e-4)
+        # x_t and the target are rounded to ``dtype``; solving for x0 amplifies that rounding by
+        # 1/|det|, which is large where alpha is tiny (epsilon prediction at the end of a cosine
+        # schedule), so the bound follows the system's conditioning instead of a fixed tolerance
+        ulp = torch.finfo(dtype).eps
+        rounding = (k["c_noise"].abs() * xt.double().abs() + k["sigma"].abs() * target.double().abs()) * ulp
+        bound = 1e-6 + 4 * rounding / det.abs()
+        error = (x0_back - x0.double()).abs()
+        assert (error <= bound).all(), f"x0 recovered with error {error.max():.3g} above the rounding bound"
 
     def test_loss_weight_is_none_or_per_sample(self, schedule):
         t = schedule.sample_timesteps((5, 2), torch.Generator().manual_seed(0), "cpu")

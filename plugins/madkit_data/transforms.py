@@ -1,4 +1,5 @@
-"""The image pipeline every file-backed source shares: resize the shorter side, crop square, flip.
+"""The image pipeline every file-backed source shares: resize the shorter side, crop square, flip
+(torchvision transforms v2 on the decoded PIL image, after compositing transparency over a background).
 
 The paper trains on FFHQ with a center crop and no flip; both are the defaults. Output is float32
 [3, r, r] in [-1, 1]. Random crop and flip draw from torch's global generator, which the
@@ -7,8 +8,9 @@ The paper trains on FFHQ with a center crop and no flip; both are the defaults. 
 
 from __future__ import annotations
 
+import functools
+
 import attrs
-import numpy as np
 import torch
 from PIL import Image
 
@@ -43,19 +45,30 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image, augment: bool = True) -> torch.Tensor:
         """``augment=False`` gives the deterministic view: center crop, never flipped."""
-        image = to_rgb(image, self.background)
-        image = resize_shorter_side(image, self.resolution)
-        random_crop = augment and self.crop == "random"
-        image = crop_square(image, self.resolution, random_crop)
-        x = to_tensor(image)
-        if augment and self.hflip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return x
+        pipeline = _pipeline(self.resolution, augment and self.crop == "random", augment and self.hflip)
+        return uint8_to_unit(pipeline(to_rgb(image, self.background)))
+
+
+@functools.lru_cache(maxsize=64)
+def _pipeline(resolution: int, random_crop: bool, flip: bool):
+    """Resize the shorter side (bicubic; Pillow widens the filter when shrinking, so it antialiases),
+    crop a square, uint8 tensor, optional flip. Random choices draw from torch's global generator."""
+    from torchvision.transforms import v2  # here: every madkit command loads this plugin, few decode images
+
+    steps = [
+        v2.Resize(resolution, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomCrop(resolution) if random_crop else v2.CenterCrop(resolution),
+        v2.PILToTensor(),
+    ]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip(0.5))
+    return v2.Compose(steps)
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """RGB, with any transparency composited over ``background`` (dropping alpha would expose
-    whatever colour the encoder left under transparent pixels, often black)."""
+    whatever colour the encoder left under transparent pixels, often black; torchvision has no
+    compositing transform)."""
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -63,37 +76,6 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
-    """Scale so that the shorter side is exactly ``size``; Pillow's bicubic filter widens with the
-    scale factor, so downscaling is antialiased."""
-    w, h = image.size
-    if min(w, h) == size:
-        return image
-    scale = size / min(w, h)
-    new = (size, max(size, round(h * scale))) if w <= h else (max(size, round(w * scale)), size)
-    return image.resize(new, Image.Resampling.BICUBIC)
-
-
-def crop_square(image: Image.Image, size: int, random: bool = False) -> Image.Image:
-    """A size x size window: centered, or at a uniformly random offset."""
-    w, h = image.size
-    if w < size or h < size:
-        raise ValueError(f"cannot crop {size}x{size} from a {w}x{h} image; resize it first")
-    if random:
-        left = int(torch.randint(0, w - size + 1, ()))
-        top = int(torch.randint(0, h - size + 1, ()))
-    else:
-        left, top = (w - size) // 2, (h - size) // 2
-    if (left, top, w, h) == (0, 0, size, size):
-        return image
-    return image.crop((left, top, left + size, top + size))
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float32 [3, H, W] in [-1, 1]."""
-    return uint8_to_unit(torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1))
 
 
 def uint8_to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -16,14 +16,13 @@ Needs the optional ``webdataset`` package: ``pip install 'madkit[webdataset]'``.
 
 from __future__ import annotations
 
-import re
-
 import random
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import attrs
 import torch
+from braceexpand import braceexpand
 from torch.utils.data import IterableDataset
 
 from madkit.interfaces import SpecProblem
@@ -80,28 +79,9 @@ def _is_local(pattern: str) -> bool:
 def expand_shards(pattern: str) -> list[str]:
     """``a-{000..002}.tar`` -> ``[a-000.tar, a-001.tar, a-002.tar]``; ``::`` joins several patterns.
 
-    Written here (numeric ranges keep their zero padding, ``{x,y}`` alternatives) so validation
-    expands shard lists the same way whether or not the optional webdataset package is installed."""
-    return [url for part in pattern.split("::") for url in _expand_braces(part)]
-
-
-_BRACES = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-
-
-def _expand_braces(pattern: str) -> list[str]:
-    match = _BRACES.search(pattern)
-    if match is None:
-        return [pattern]
-    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
-    if (numeric := _RANGE.match(body)) is not None:
-        first, last = numeric.groups()
-        width = len(first) if first.startswith("0") else 0
-        step = 1 if int(last) >= int(first) else -1
-        options = [str(i).zfill(width) for i in range(int(first), int(last) + step, step)]
-    else:
-        options = body.split(",")
-    return [url for option in options for url in _expand_braces(head + option + tail)]
+    Bash-style braces through ``braceexpand`` (a madkit dependency, and what webdataset itself uses),
+    so validation expands shard lists exactly as loading does, with or without webdataset installed."""
+    return [url for part in pattern.split("::") for url in braceexpand(part)]
 
 
 def import_webdataset():

@@ -112,7 +112,7 @@ class CachedPlan:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
-        # FlexAttention has no backward on CPU (ENV.md); dense SDPA is also faster there.
+        # FlexAttention has no backward on CPU (torch 2.14); dense SDPA is also faster there.
         return "flex" if device.type == "cuda" else "sdpa"
     return backend
 

@@ -15,23 +15,31 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from madkit.interfaces import apply_rotary
 from madkit_layers.attention import CachedPlan, FullPlan, attend
-from madkit_layers.rope import apply_rope
+from madkit_layers.rope import AxialRope
 
 
 class Tower(nn.Module):
-    """One parameter set: attention projections, qk-norms, norms and the SwiGLU MLP."""
+    """One parameter set: attention projections, qk-norms, norms and the SwiGLU MLP.
 
-    def __init__(self, width: int, heads: int, mlp_hidden: int, eps: float = 1e-5):
+    ``norm_eps`` is the eps of the two pre-norms, ``qk_norm_eps`` that of the q/k norms; ``rotate`` is
+    the RoPE kind's pairing of head dims (``RotaryEmbedding.rotate``)."""
+
+    def __init__(
+        self, width: int, heads: int, mlp_hidden: int, norm_eps: float = 1e-5, qk_norm_eps: float = 1e-5,
+        rotate=AxialRope.rotate,
+    ):
         super().__init__()
         self.heads = heads
+        self.rotate = rotate
         head_dim = width // heads
-        self.attn_norm = nn.RMSNorm(width, eps=eps)
+        self.attn_norm = nn.RMSNorm(width, eps=norm_eps)
         self.qkv = nn.Linear(width, 3 * width, bias=True)
-        self.q_norm = nn.RMSNorm(head_dim, eps=eps)
-        self.k_norm = nn.RMSNorm(head_dim, eps=eps)
+        self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+        self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
         self.out = nn.Linear(width, width, bias=True)
-        self.mlp_norm = nn.RMSNorm(width, eps=eps)
+        self.mlp_norm = nn.RMSNorm(width, eps=norm_eps)
         self.gate = nn.Linear(width, mlp_hidden, bias=False)
         self.up = nn.Linear(width, mlp_hidden, bias=False)
         self.down = nn.Linear(mlp_hidden, width, bias=False)
@@ -39,8 +47,8 @@ class Tower(nn.Module):
     def qkv_heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x [n, L, d] -> q, k, v [n, h, L, e] with qk-norm and RoPE applied."""
         q, k, v = rearrange(self.qkv(self.attn_norm(x)), "n l (three h e) -> three n h l e", three=3, h=self.heads)
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)
+        q = apply_rotary(self.q_norm(q), cos, sin, self.rotate)
+        k = apply_rotary(self.k_norm(k), cos, sin, self.rotate)
         return q, k, v
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -61,14 +69,17 @@ class DecoderLayer(nn.Module):
         role: str,
         pattern: str,
         shared_towers: bool = False,
-        eps: float = 1e-5,
+        norm_eps: float = 1e-5,
+        qk_norm_eps: float = 1e-5,
+        rotate=AxialRope.rotate,
     ):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.role, self.pattern = role, pattern
-        self.clean = Tower(width, heads, mlp_hidden, eps)
-        self.noised = self.clean if shared_towers else Tower(width, heads, mlp_hidden, eps)
+        tower = dict(norm_eps=norm_eps, qk_norm_eps=qk_norm_eps, rotate=rotate)
+        self.clean = Tower(width, heads, mlp_hidden, **tower)
+        self.noised = self.clean if shared_towers else Tower(width, heads, mlp_hidden, **tower)
 
     # Set by the model: False in the last layer whose clean keys are read. Its clean output would feed
     # nobody, so only the clean keys/values are computed there.

@@ -67,12 +67,12 @@ class BlockwiseSession:
             self.caches[i].commit(x.shape[1])
         return entering
 
-    def add_clean_block(self, cells: torch.Tensor) -> None:
-        """Block j = len(self.clean_tokens) is final: cells [n, b, k]."""
+    def add_clean_block(self, cells: torch.Tensor, mt: torch.Tensor) -> None:
+        """Block j = len(self.clean_tokens) is final: cells [n, b, k]; mt [n] the model time of its last
+        denoising step (what a "twin" clean timestep embeds it with)."""
         m = self.model
         j = len(self.clean_tokens)
-        zeros = torch.zeros(cells.shape[0], 1, device=cells.device)
-        tokens, _ = m.embed_blocks(cells[:, None], zeros)
+        tokens, _ = m.embed_blocks(cells[:, None], m.clean_model_time(mt[:, None]))
         self.clean_tokens.append(tokens)
         if not m.single_stream:
             layout = m.layout(CLEAN, [j])
@@ -132,12 +132,15 @@ def _key_dtype(model, layer) -> torch.dtype:
     return k.dtype
 
 
-def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: torch.Tensor, mt: torch.Tensor):
-    """The reference path: the whole prefix (clean blocks < j and block j) recomputed for one step."""
+def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: torch.Tensor, mt: torch.Tensor,
+                     clean_mt: torch.Tensor | None = None):
+    """The reference path: the whole prefix (clean blocks < j and block j) recomputed for one step.
+    clean_mt [n, j]: the model time of each clean block's last denoising step."""
     n = xt.shape[0]
     if clean_blocks:
         clean = torch.stack(clean_blocks, dim=1)
-        clean_tokens, _ = model.embed_blocks(clean, torch.zeros(n, j, device=xt.device))
+        times = torch.zeros(n, j, device=xt.device) if clean_mt is None else clean_mt
+        clean_tokens, _ = model.embed_blocks(clean, model.clean_model_time(times))
     else:
         clean_tokens = xt.new_zeros(n, 0, model.B, model.cfg.width)
     # One stream: block j's AR layers attend the earlier noised blocks, so they join the sequence; the
@@ -168,10 +171,12 @@ class CachedBlocks:
         self.session = BlockwiseSession(model, ctx, n * repeats, passes)
         self.steps: BlockSteps | None = None
 
-    def begin(self, j: int, previous: torch.Tensor | None) -> None:
+    def begin(self, j: int, previous: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Block j starts; ``previous``: block j-1's cells [n, b, k] and its last step's model time [1]."""
         session = self.session
         if previous is not None:
-            session.add_clean_block(_repeat_rows(previous, self.repeats))
+            cells, mt = previous
+            session.add_clean_block(_repeat_rows(cells, self.repeats), mt.expand(session.batch))
         cond = session.condition(j)
         self.steps = None  # the previous block's step (and its CUDA graph) is released first
         self.steps = BlockSteps(session.passes, session.model, session.plan, cond)
@@ -194,16 +199,21 @@ class UncachedBlocks:
     def __init__(self, model, ctx, repeats: int):
         self.model, self.ctx, self.repeats = model, ctx, repeats
         self.prefix: list[torch.Tensor] = []
+        self.finals: list[torch.Tensor] = []  # the model time [1] of each clean block's last step
         self.j = 0
 
-    def begin(self, j: int, previous: torch.Tensor | None) -> None:
+    def begin(self, j: int, previous: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         if previous is not None:
-            self.prefix.append(_repeat_rows(previous, self.repeats))
+            cells, mt = previous
+            self.prefix.append(_repeat_rows(cells, self.repeats))
+            self.finals.append(mt)
         self.j = j
 
     def __call__(self, xt: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
         xt = _repeat_rows(xt, self.repeats)
-        return uncached_predict(self.model, self.ctx, self.prefix, self.j, xt, mt.expand(xt.shape[0]))
+        rows = xt.shape[0]
+        clean_mt = torch.stack(self.finals, 1).expand(rows, -1) if self.finals else None
+        return uncached_predict(self.model, self.ctx, self.prefix, self.j, xt, mt.expand(rows), clean_mt)
 
 
 @torch.no_grad()
@@ -236,9 +246,10 @@ def generate_blocks(
         for c in contexts
     ]
     blocks: list[torch.Tensor] = []
+    finals: list[torch.Tensor] = []  # per block: the model time [1] of its loop's last step
     for j in range(model.T):
         for branch in branches:
-            branch.begin(j, blocks[j - 1] if j else None)
+            branch.begin(j, (blocks[j - 1], finals[j - 1]) if j else None)
         run = sampler.start(steps, device)
         x = per_image_noise(generators, (model.B, model.embedder.cell_dim), device, torch.float32)
         x = x * sampler.init_noise_sigma
@@ -253,6 +264,7 @@ def generate_blocks(
                 out = outs[0]
             x = run.step(out.float(), t, x, generators)
         blocks.append(x)
+        finals.append(mt)
     return torch.stack(blocks, dim=1)
 
 
@@ -263,6 +275,6 @@ def cached_teacher_forced(model, x0: torch.Tensor, xt: torch.Tensor, mt: torch.T
     preds = []
     for j in range(model.T):
         if j > 0:
-            session.add_clean_block(x0[:, j - 1])
+            session.add_clean_block(x0[:, j - 1], mt[:, j - 1])
         preds.append(session.predict(session.condition(j), j, xt[:, j], mt[:, j]))
     return torch.stack(preds, dim=1)

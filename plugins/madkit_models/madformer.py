@@ -22,7 +22,6 @@ from torch.utils.checkpoint import checkpoint
 from madkit.interfaces import GenerativeModel, NoiseSchedule
 from madkit_layers.attention import FullPlan, StreamLayout
 from madkit_layers.masks import CLEAN, CONTEXT, NOISED
-from madkit_layers.rope import rope_angles
 from madkit_models.embedder_base import TimestepEmbedder
 
 
@@ -38,9 +37,11 @@ class MADFormer(GenerativeModel):
         self.embedder = cfg.embedder.build(latent_channels=c, width=d, block_shape=self.partitioner.block_shape)
         self.boi = nn.Parameter(torch.zeros(self.B, d))
         self.single_stream = cfg.context == "condition"
+        head_dim = d // cfg.heads
+        self.rope = cfg.rope_config(registry).build(grid=self.partitioner.grid, head_dim=head_dim)
         ar_cfg, diff_cfg = cfg.layer_configs(registry)
         n_ar = cfg.depth - cfg.diffusion_depth
-        dims = dict(width=d, heads=cfg.heads, mlp_hidden=cfg.mlp_hidden, shared_towers=cfg.shared_towers)
+        dims = dict(width=d, heads=cfg.heads, mlp_hidden=cfg.mlp_hidden, shared_towers=cfg.shared_towers, rope=self.rope)
         self.layers = nn.ModuleList(
             [ar_cfg.build(**dims, single_stream=self.single_stream) for _ in range(n_ar)]
             + [diff_cfg.build(**dims, single_stream=self.single_stream) for _ in range(cfg.diffusion_depth)]
@@ -58,8 +59,7 @@ class MADFormer(GenerativeModel):
         self._freeze_dead_parameters()
         needs_time = any(getattr(l, "pattern", "") == "none" for l in self.layers)
         self.time = TimestepEmbedder(d) if needs_time else None
-        head_dim = d // cfg.heads
-        cos, sin = rope_angles(self.partitioner.positions.flatten(0, 1), head_dim, cfg.rope_theta)
+        cos, sin = self.rope.tables(self.partitioner.positions.flatten(0, 1))
         self.register_buffer("rope_cos", cos.view(self.T, self.B, head_dim), persistent=False)
         self.register_buffer("rope_sin", sin.view(self.T, self.B, head_dim), persistent=False)
         self.activation_checkpointing = False
@@ -148,6 +148,11 @@ class MADFormer(GenerativeModel):
         n, t = tokens.shape[:2]
         return self.embedder.unembed(tokens.flatten(0, 1), mt.flatten(), aux).unflatten(0, (n, t))
 
+    def clean_model_time(self, mt: torch.Tensor) -> torch.Tensor:
+        """What a clean block's embedding gets, given the model time of the block's own denoising
+        (its noised twin's in training, its loop's last step in sampling): zero, or that time itself."""
+        return mt if self.cfg.clean_timestep == "twin" else torch.zeros_like(mt)
+
     def shifted(self, clean_tokens: torch.Tensor, block_ids: list[int]) -> torch.Tensor:
         """Noised-stream inputs for ``block_ids``: BOI for block 0, else the clean tokens of block j-1.
 
@@ -222,7 +227,7 @@ class MADFormer(GenerativeModel):
         n, need = x0.shape[0], self.T - 1  # clean blocks 0..T-2 feed both streams
         tc = 0 if self.single_stream else need
         if need:
-            clean_tokens, _ = self.embed_blocks(x0[:, :need], torch.zeros(n, need, device=x0.device))
+            clean_tokens, _ = self.embed_blocks(x0[:, :need], self.clean_model_time(mt[:, :need]))
         else:
             clean_tokens = x0.new_zeros(n, 0, self.B, self.cfg.width)
         noised_in = self.shifted(clean_tokens, list(range(self.T)))
@@ -255,6 +260,10 @@ class MADFormer(GenerativeModel):
         return losses
 
     # ------------------------------------------------------------------ generation and cost
+    @property
+    def class_conditional(self) -> bool:
+        return self.class_embed is not None
+
     def generate(self, sampler, generators, labels=None, steps=None, guidance=None, use_cache=True):
         from madkit_models.blockwise import generate_blocks
 
@@ -265,6 +274,11 @@ class MADFormer(GenerativeModel):
         from madkit_models.cost import model_cost
 
         return model_cost(self, steps)
+
+    def reference_layout(self):
+        from madkit_models.reference_layout import reference_layout
+
+        return reference_layout(self)
 
 
 def full_precision(x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ The paper's two axes are plain values: the partitioner decides the number of blo
 ``diffusion_depth`` D of ``depth`` N decides how many layers denoise. Layer kinds are slots: by
 default the first N - D layers are ``ar`` and the last D are ``diffusion``; set
 ``diffusion_layer.kind = "local-diffusion"`` for intra-block denoising or ``"mlp"`` for a per-token head.
+The 2D RoPE is a slot too (``rope``, default kind ``axial``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from madkit.validators import non_negative, one_of, positive
 
 CONTEXTS = ("clean+condition", "clean", "condition")
 DENOISE_STEPS = ("eager", "compiled", "cuda-graph", "compiled+cuda-graph")
+# the timestep a clean block's embedding gets: "zero" (it is clean), or "twin": the timestep of its noised
+# twin in training and the last timestep of its own denoising loop in sampling (the released checkpoint)
+CLEAN_TIMESTEPS = ("zero", "twin")
 
 
 @attrs.frozen
@@ -26,6 +30,7 @@ class MadformerConfig:
     embedder: slot("embedder")  # type: ignore[valid-type]
     ar_layer: slot("layer") | None = None  # type: ignore[valid-type]  # None = kind "ar"
     diffusion_layer: slot("layer") | None = None  # type: ignore[valid-type]  # None = kind "diffusion"
+    rope: slot("rope") | None = None  # type: ignore[valid-type]  # None = kind "axial"
     width: int = attrs.field(default=1152, validator=positive)
     heads: int = attrs.field(default=18, validator=positive)
     mlp_hidden: int = attrs.field(default=4096, validator=positive)
@@ -40,17 +45,25 @@ class MadformerConfig:
     hidden_loss_skips: str = attrs.field(default="none", validator=one_of("none", "noisy"))
     conditioning: str = attrs.field(default="none", validator=one_of("none", "class"))
     label_dropout: float = attrs.field(default=0.1, validator=non_negative)
+    clean_timestep: str = attrs.field(default="zero", validator=one_of(*CLEAN_TIMESTEPS))
     attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "flex"))
     # how cached generation runs a denoising step: eager, compiled (torch.compile), cuda-graph (captured
     # once per block and replayed; CUDA only, eager elsewhere) or compiled+cuda-graph
     denoise_step: str = attrs.field(default="eager", validator=one_of(*DENOISE_STEPS))
-    rope_theta: float = attrs.field(default=10000.0, validator=positive)
+    # legacy key (specs stored before [model.rope] existed): the theta of the default axial RoPE
+    rope_theta: float | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
     init_std: float = attrs.field(default=0.02, validator=positive)
 
     # ------------------------------------------------------------------ derived geometry
     def token_grid(self, latent_shape: tuple[int, int, int]) -> tuple[int, int]:
         cell = self.embedder.cell
         return latent_shape[1] // cell, latent_shape[2] // cell
+
+    def rope_config(self, registry) -> Any:
+        if self.rope is not None:
+            return self.rope
+        axial = registry.get("rope", "axial").config_cls
+        return axial() if self.rope_theta is None else axial(theta=self.rope_theta)
 
     def layer_configs(self, registry) -> tuple[Any, Any]:
         ar = self.ar_layer or registry.get("layer", "ar").config_cls()
@@ -81,8 +94,8 @@ class MadformerConfig:
             )
         if self.width % self.heads:
             yield SpecProblem("heads", f"width {self.width} is not divisible by heads {self.heads}")
-        elif (self.width // self.heads) % 4:
-            yield SpecProblem("heads", f"head dim {self.width // self.heads} must be divisible by 4 for 2D RoPE")
+        if self.rope is not None and self.rope_theta is not None:
+            yield SpecProblem("rope_theta", "set the RoPE's theta in [model.rope] only; remove rope_theta")
         ar, diff = self.layer_configs(registry)
         if getattr(ar, "role", None) != "ar":
             yield SpecProblem(
@@ -110,6 +123,11 @@ class MadformerConfig:
             )
             return
         grid = self.token_grid(latent_shape)
+        if not self.width % self.heads:
+            for p in self.rope_config(registry).problems(grid, self.width // self.heads):
+                # the implicit default has no table of its own: its only rule is about the head dim
+                where = "heads" if self.rope is None else ".".join(part for part in ("rope", p.path) if part)
+                yield SpecProblem(where, p.message)
         part_problems = self.partitioner.problems(grid)
         for p in part_problems:
             yield SpecProblem(f"partitioner.{p.path}", p.message)

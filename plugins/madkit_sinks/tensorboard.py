@@ -1,17 +1,39 @@
-"""``tensorboard``: scalars and sample grids as TensorBoard event files in RUN/tensorboard/.
+"""``tensorboard``: scalars, sample grids and the run's hyperparameters as TensorBoard event files.
 
 View with ``tensorboard --logdir runs``. Scalars keep the trainer's names (``loss``, ``loss/hidden``,
-``lr``, ``grad_norm``, ``images_per_s``, ``mem_gb``), so TensorBoard groups loss terms together.
+``lr``, ``grad_norm``, ``images_per_s``, ``mem_gb``), so TensorBoard groups loss terms together;
+``madkit eval`` adds ``eval/<metric>/<settings>`` at the checkpoint's step. The resolved spec goes
+to the HPARAMS tab (one entry per dotted key) and, whole, to the TEXT tab.
+
+Needs the ``tensorboard`` package (``pip install 'madkit[tensorboard]'``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
 
-from madkit.interfaces import Sink
+from madkit.interfaces import Sink, SpecProblem
+from madkit.spec_loading import flatten
+
+# what the HPARAMS tab lists next to the hyperparameters of each run
+HPARAM_METRICS = ("loss", "grad_norm")
+
+
+def missing_package(package: str, extra: str, sink: str) -> list[SpecProblem]:
+    """A problem naming the install command when ``package`` cannot be imported."""
+    if importlib.util.find_spec(package) is not None:
+        return []
+    return [SpecProblem("", f"the {sink} sink needs the {package} package: pip install 'madkit[{extra}]'")]
+
+
+def plain_hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """Flattened spec values TensorBoard (and trackers) accept: numbers, strings, bools; lists as text."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten(config).items()}
 
 
 @attrs.frozen
@@ -22,11 +44,17 @@ class TensorBoardConfig:
     def build(self, run_dir: str | Path) -> TensorBoardSink:
         return TensorBoardSink(Path(run_dir) / self.subdir, self.flush_secs)
 
+    def check(self, context: dict[str, Any]) -> list[SpecProblem]:
+        return missing_package("tensorboard", "tensorboard", "tensorboard")
+
 
 class TensorBoardSink(Sink):
     def __init__(self, log_dir: Path, flush_secs: int = 30):
         # imported here: tensorboard is only needed when this sink is used
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ImportError("the tensorboard sink needs the tensorboard package: pip install 'madkit[tensorboard]'") from exc
 
         self.log_dir = Path(log_dir)
         self._writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=flush_secs)
@@ -42,6 +70,18 @@ class TensorBoardSink(Sink):
                 f"log_image expects uint8 [H, W, C] with C in 1, 3, 4; got {image.dtype} {tuple(image.shape)}"
             )
         self._writer.add_image(tag, image.numpy(), global_step=step, dataformats="HWC")
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        from madkit.experiment_spec import dumps_toml
+
+        # written into this run's own event file (SummaryWriter.add_hparams would start a separate run)
+        experiment, session_start, session_end = hparams(plain_hparams(config), dict.fromkeys(HPARAM_METRICS, 0.0))
+        writer = self._writer.file_writer
+        for summary in (experiment, session_start, session_end):
+            writer.add_summary(summary)
+        self._writer.add_text("config", "```toml\n" + dumps_toml(config) + "```")
 
     def close(self) -> None:
         self._writer.flush()

@@ -61,6 +61,13 @@ def mismatch(kind: str, accepts: frozenset[str], schedule: NoiseSchedule) -> str
 def check_against_spec(kind: str, accepts: frozenset[str], context: dict[str, Any]) -> Iterable[SpecProblem]:
     """``check(context)`` body shared by sampler configs: is the spec's schedule one we can sample?"""
     spec = context.get("spec")
+    guidance = getattr(getattr(spec, "sampler", None), "guidance", 1.0)
+    if guidance != 1.0 and not context.get("num_classes"):
+        yield SpecProblem(
+            "guidance",
+            f"guidance = {guidance:g} needs a class-conditional model, but the data has no labels; "
+            "set it to 1.0 (off)",
+        )
     schedule_config = getattr(spec, "schedule", None)
     if schedule_config is None:
         return  # no schedule, or a broken one whose own problems are already reported

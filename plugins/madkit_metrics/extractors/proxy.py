@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from madkit.cache import cache_root
 from madkit.spec import slot
 from madkit.validators import at_least
 
@@ -41,10 +41,8 @@ def _multiple_of(step: int):
 
 
 def default_cache_dir() -> Path:
-    """``$MADKIT_CACHE/extractors``, else ``$XDG_CACHE_HOME/madkit/extractors``, else ``~/.cache/madkit/extractors``."""
-    if root := os.environ.get("MADKIT_CACHE"):
-        return Path(root) / "extractors"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "madkit" / "extractors"
+    """``extractors/`` in madkit's cache folder (see madkit.cache)."""
+    return cache_root() / "extractors"
 
 
 @attrs.frozen

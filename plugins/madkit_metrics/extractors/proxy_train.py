@@ -7,11 +7,13 @@ quantized to uint8 first (what generated images look like once saved), then ``Pr
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 from madkit.engine.evaluate import deterministic_dataset, to_uint8
 from madkit.interfaces import DataSource
@@ -117,7 +119,10 @@ def train_proxy(
         opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
     )
     max_shift = resolution / 16
-    for _ in range(epochs):
+    # a bar on a terminal, and one plain line per epoch everywhere: training takes minutes on a CPU
+    bar = tqdm(total=total, unit="step", desc="proxy extractor", disable=None, file=sys.stderr)
+    for epoch in range(epochs):
+        running, seen = 0.0, 0
         for idx in torch.randperm(len(y_train), generator=generator).split(batch):
             idx = idx.to(device)
             xb = _shift(x_train[idx], max_shift, generator)
@@ -126,6 +131,11 @@ def train_proxy(
             loss.backward()
             opt.step()
             sched.step()
+            running, seen = running + loss.item() * len(idx), seen + len(idx)
+            bar.update(1)
+        bar.clear()
+        log(f"epoch {epoch + 1}/{epochs}: loss {running / max(seen, 1):.4f}")
+    bar.close()
     net.eval().requires_grad_(False)
     stats = {
         "train_images": len(y_train),

@@ -1,0 +1,180 @@
+"""The Python API: what the command line does, for scripts and notebooks (see docs/api.md).
+
+    import madkit
+    pipe = madkit.load("runs/quickstart")              # a run, checkpoint or export folder, a hub id
+    images = pipe.generate(16, seed=0)                 # 16 PIL images
+    experiment = madkit.experiment("experiments/quickstart.toml", sets=["train.steps=10"])
+    result = madkit.train({"extends": "experiments/quickstart.toml", "train": {"steps": 10}}, out="runs/q")
+
+Everything here is a thin layer over the engine; the command line calls the same functions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from madkit.build import Experiment, build_experiment
+from madkit.engine import checkpoint, export
+from madkit.engine.distributed import resolve_device
+from madkit.engine.generate import to_uint8_hwc
+from madkit.engine.inference import WeightsSource, load_for_inference, resolve_weights
+from madkit.experiment_spec import LoadedSpec, load_spec
+from madkit.hub import push_folder, resolve_pretrained
+from madkit.registry import Registry
+
+SpecSource = str | Path | Mapping[str, Any] | LoadedSpec
+OUTPUTS = ("pil", "tensor", "uint8")
+
+
+def _loaded(spec: SpecSource, sets: Sequence[str] | None, registry: Registry) -> LoadedSpec:
+    if isinstance(spec, LoadedSpec):
+        if sets:
+            raise ValueError("sets apply while a spec is read; pass the file or dict instead of a LoadedSpec")
+        return spec
+    return load_spec(spec, list(sets or []), registry)
+
+
+def experiment(
+    spec: SpecSource, sets: Sequence[str] | None = None, device: str = "cpu", registry: Registry | None = None
+) -> Experiment:
+    """The experiment a spec describes (a TOML file, a dict of the same tables, or a ``LoadedSpec``),
+    checked like ``madkit validate`` and built with fresh weights: model, schedule, sampler, and data
+    and codec on first use. ``sets`` are ``--set`` overrides (``"train.lr=1e-3"``)."""
+    registry = registry or Registry.load()
+    return build_experiment(_loaded(spec, sets, registry).spec, registry, device=device)
+
+
+def train(
+    spec: SpecSource,
+    out: str | Path | None = None,
+    sets: Sequence[str] | None = None,
+    stop_after: int | None = None,
+    allow_changes: bool = False,
+    registry: Registry | None = None,
+):
+    """Train like ``madkit run``: into ``out`` (default ``runs/<name>``), resuming from its latest
+    checkpoint when it has one. Returns a ``TrainResult`` (run folder, step, checkpoint, samples)."""
+    from madkit.engine.train import train as run_training
+
+    registry = registry or Registry.load()
+    loaded = _loaded(spec, sets, registry)
+    out = Path(out) if out is not None else Path("runs") / loaded.spec.name
+    return run_training(loaded, registry, out, stop_after=stop_after, allow_changes=allow_changes)
+
+
+class Pipeline:
+    """A trained model ready to generate images.
+
+    ``experiment`` holds the spec it was trained with and its parts (``experiment.codec``,
+    ``experiment.sampler``, ``experiment.num_classes``); ``model`` is in eval mode on ``device``.
+    """
+
+    def __init__(self, experiment: Experiment, model: torch.nn.Module, source: WeightsSource, weights: str):
+        self.experiment, self.model, self.weights_source, self.weights = experiment, model, source, weights
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        *,
+        weights: str = "ema",
+        device: str = "auto",
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        registry: Registry | None = None,
+    ) -> Pipeline:
+        """Load a run folder (its latest checkpoint), a checkpoint folder, an export folder
+        (``save_pretrained``, ``madkit export``) or a Hugging Face hub id (``owner/name``, optionally
+        ``@revision``; fetched into the hub cache, or read from it when ``HF_HUB_OFFLINE=1``).
+        ``weights`` is ``"ema"`` (what training samples from) or ``"raw"`` (checkpoints only)."""
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+        registry = registry or Registry.load()
+        src = resolve_weights(resolve_pretrained(source, revision=revision, cache_dir=cache_dir))
+        experiment_, model = load_for_inference(src, registry, use_ema=weights == "ema", device=resolve_device(device))
+        return cls(experiment_, model, src, weights)
+
+    @property
+    def source(self) -> str:
+        return str(self.weights_source.path)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write this model as an export folder (EMA weights, their spec and provenance, a model card)
+        that ``from_pretrained`` and every ``madkit`` command load; ``folder`` must be new or empty."""
+        if self.weights != "ema":
+            raise ValueError("an export holds the EMA weights; load the pipeline with weights='ema' to save it")
+        src = self.weights_source
+        if src.kind == "checkpoint":
+            return export.export_checkpoint(src.path, folder, self.experiment.registry)
+        manifest = export.read_export(src.path)
+        card = (src.path / export.CARD_FILE).read_text() if (src.path / export.CARD_FILE).is_file() else ""
+        weights = checkpoint.unwrapped_state_dict(self.model)
+        return export.write_export(folder, weights, manifest.spec, manifest.provenance, card)
+
+    def push_to_hub(
+        self, repo_id: str, *, private: bool | None = None, token: str | None = None, message: str | None = None
+    ) -> str:
+        """Upload this model's export to the hub model repository ``repo_id`` (created if missing);
+        returns the commit's URL. Credentials: ``token`` or the usual ``huggingface-cli login``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "export")
+            return push_folder(folder, repo_id, private=private, token=token, message=message)
+
+    @property
+    def num_classes(self) -> int:
+        return self.experiment.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.experiment.image_shape
+
+    def generate(
+        self,
+        num: int | None = None,
+        *,
+        labels: Sequence[int] | torch.Tensor | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        batch: int = 16,
+        output: str = "pil",
+        progress: bool = False,
+    ):
+        """``num`` images (or one per entry of ``labels``); image i's noise comes from (seed, i), so
+        the same call gives the same images whatever ``batch`` is, and ``madkit sample`` with the
+        same settings writes the same pixels.
+
+        ``labels``: class indices for a class-conditional model (default: image i gets class
+        i mod num_classes). ``steps``, ``guidance``: override the spec's sampler (guidance needs a
+        class-conditional model). ``sampler``: another sampler kind, e.g. ``"ddim"``.
+        ``output``: ``"pil"`` (a list of PIL images), ``"tensor"`` (float [n, 3, H, W] in [-1, 1]) or
+        ``"uint8"`` ([n, 3, H, W]).
+        """
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        images = self.experiment.generate(
+            num, steps=steps, seed=seed, guidance=guidance, batch=batch, model=self.model, progress=progress,
+            labels=labels, sampler=sampler,
+        )
+        if output == "tensor":
+            return images
+        uint8 = torch.stack([to_uint8_hwc(image) for image in images])  # [n, H, W, 3]
+        if output == "uint8":
+            return uint8.permute(0, 3, 1, 2).contiguous()
+        from PIL import Image
+
+        return [Image.fromarray(image.numpy()) for image in uint8]
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.source!r}, {self.weights} weights, images {self.image_shape}, {self.num_classes} classes)"
+
+
+def load(source: str | Path, **kwargs: Any) -> Pipeline:
+    """``Pipeline.from_pretrained(source, ...)``."""
+    return Pipeline.from_pretrained(source, **kwargs)

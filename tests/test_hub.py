@@ -1,0 +1,94 @@
+"""Sharing models: ``Pipeline.save_pretrained`` writes an export folder, ``from_pretrained`` loads a
+local folder or a hub id (from a pre-filled hub cache, offline), ``push_to_hub`` uploads the export.
+No test contacts the network: HF_HUB_OFFLINE=1, and the upload goes to a recording stand-in for
+``HfApi`` whose received folder is checked to be a loadable export."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from engine_fakes import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
+
+import madkit
+from madkit.cli import main
+from madkit.engine import export
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
+QUICK = ["train.steps=2", "train.ckpt_every=2", "train.sample_num=2", "sampler.steps=2", "log.sinks=[]"]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hub") / "tiny"
+    assert main(["run", str(TINY), "--out", str(out), *(a for s in QUICK for a in ("--set", s))]) == 0
+    return out
+
+
+def hub_cache(root: Path, repo_id: str, folder: Path) -> Path:
+    """The layout huggingface_hub's cache has after a download of ``repo_id`` at ``main``."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / COMMIT
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    return root
+
+
+def test_save_pretrained_then_from_pretrained_gives_the_same_images(trained, tmp_path):
+    pipe = madkit.load(trained, device="cpu")
+    folder = pipe.save_pretrained(tmp_path / "export")
+    assert export.is_export(folder)
+    again = madkit.Pipeline.from_pretrained(folder, device="cpu")
+    assert torch.equal(pipe.generate(2, steps=2, output="uint8"), again.generate(2, steps=2, output="uint8"))
+
+
+def test_from_pretrained_reads_a_hub_id_from_the_cache_offline(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = madkit.load(trained, device="cpu")
+    cache = hub_cache(tmp_path / "hub", "someone/tiny-emoji", pipe.save_pretrained(tmp_path / "export"))
+    from_hub = madkit.Pipeline.from_pretrained("someone/tiny-emoji", cache_dir=cache, device="cpu")
+    assert torch.equal(pipe.generate(2, steps=2, output="uint8"), from_hub.generate(2, steps=2, output="uint8"))
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
+        madkit.Pipeline.from_pretrained("someone/absent", cache_dir=cache)
+
+
+def test_push_to_hub_uploads_the_export(trained, tmp_path, monkeypatch):
+    received = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            received["token"] = token
+
+        def create_repo(self, repo_id, **kwargs):
+            received["created"] = (repo_id, kwargs)
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            shutil.copytree(folder_path, tmp_path / "uploaded")  # the temporary folder goes away afterwards
+            received["uploaded"] = repo_id
+            return "https://hub.example/commit/1"
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    pipe = madkit.load(trained, device="cpu")
+    assert pipe.push_to_hub("someone/tiny-emoji", private=True) == "https://hub.example/commit/1"
+    assert received["created"][0] == received["uploaded"] == "someone/tiny-emoji"
+    assert export.read_export(tmp_path / "uploaded").spec == export.read_export(pipe.save_pretrained(tmp_path / "mine")).spec
+
+
+def test_init_from_an_export_folder(trained, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    folder = madkit.load(trained, device="cpu").save_pretrained(tmp_path / "export")
+    out = tmp_path / "tuned"
+    sets = [*QUICK, f"train.init_from={str(folder)!r}", "train.steps=1", "train.lr=1e-12"]
+    assert main(["run", str(TINY), "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 0
+    assert f"starting from the weights of {folder}" in capsys.readouterr().out
+    exported = load_file(folder / export.WEIGHTS_FILE)
+    tuned = load_file(out / "checkpoints" / "00000001" / "model.safetensors")
+    assert all(torch.allclose(exported[k], tuned[k], atol=1e-6) for k in exported)

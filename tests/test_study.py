@@ -1,0 +1,147 @@
+"""``madkit study`` (madkit/engine/study.py, study_results.py, commands/study.py): every spec x seed
+trained once, finished runs skipped, points at matched compute, the mean and spread over seeds, the
+verdict per budget.
+
+The end-to-end study trains two tiny specs (D = 1 and D = 2 of N = 4) with two seeds for 2 steps;
+metrics use the offline proxy extractor, trained once into a temporary cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from eval_helpers import environment  # noqa: F401 (autouse fixture for this module)
+from PIL import Image
+
+from madkit.cli import main
+from madkit.engine.study_results import trend, verdict
+from madkit.engine.sweep import Evaluator
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
+STUDY = 'seeds = [0, 1]\nsteps = [1]\nbudget_steps = [4]\nnum = 8\nbatch = 8\n'
+
+
+def write_study(folder: Path, study: str = STUDY) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for depth in (1, 2):
+        (folder / f"d{depth}.toml").write_text(
+            f'extends = "{TINY.as_posix()}"\nname = "tiny_d{depth}"\n\n[model]\ndiffusion_depth = {depth}\n\n'
+            "[train]\nsteps = 2\nckpt_every = 2\nsample_num = 2\nsample_steps = 1\n\n[log]\nsinks = []\n"
+        )
+    (folder / "study.toml").write_text(study)
+    return folder
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("study")
+    folder, out = write_study(root / "design"), root / "out"
+    assert main(["study", str(folder), "--out", str(out)]) == 0
+    return folder, out
+
+
+def test_the_study_trains_every_spec_and_seed_and_summarises_them(finished):
+    _, out = finished
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["d1-seed0", "d1-seed1", "d2-seed0", "d2-seed1"]
+    points, rows = read_csv(out / "points.csv"), read_csv(out / "study.csv")
+    assert {(p["setting"], p["seed"]) for p in points} == {(s, str(seed)) for s in ("d1", "d2") for seed in (0, 1)}
+    for row in rows:  # the mean and the spread over the two seeds, from the points themselves
+        mine = [float(p["fid"]) for p in points if p["setting"] == row["setting"] and p["steps"] == row["steps"]]
+        assert int(row["seeds"]) == len(mine) == 2 and row["spread_of"] == "seeds"
+        assert float(row["fid"]) == pytest.approx(statistics.fmean(mine))
+        assert float(row["fid_std"]) == pytest.approx(statistics.stdev(mine))
+        assert float(row["fid_bootstrap_std"]) > 0 and row["num"] == "8"
+    # the budget is D = 2's cost at 4 steps; the AR-heavy D = 1 affords more, and is compared there
+    matched = {r["setting"]: int(r["steps"]) for r in rows if r["budget_matched"] == "True"}
+    assert matched["d2"] == 4 and matched["d1"] > 4
+    record = json.loads((out / "study.json").read_text())
+    (entry,) = record["verdict"]
+    assert {e["setting"]: e["steps"] for e in entry["entries"]} == matched
+    assert entry["winner"] in ("d1", "d2") and record["wall_seconds"]["trained"] == 4
+    text = (out / "verdict.md").read_text()
+    assert "D=1/N=4, T=4" in text and "D=2/N=4, T=4" in text and "beyond the spread" in text
+    assert "8 generated images per point" in text and "Training seeds 0, 1" in text
+    with Image.open(out / "study.png") as image:
+        assert image.format == "PNG"
+
+
+def test_a_second_run_skips_finished_runs_and_reuses_every_record(finished, monkeypatch, capsys):
+    folder, out = finished
+    monkeypatch.setattr("madkit.engine.train.train", lambda *a, **k: pytest.fail("trained a finished run"))
+    monkeypatch.setattr(Evaluator, "_generate", lambda *a, **k: pytest.fail("generated for an up-to-date record"))
+    records = sorted((out / "runs").glob("*/eval/*.json"))
+    stamps = [p.stat().st_mtime_ns for p in records]
+    assert main(["study", str(folder), "--out", str(out)]) == 0
+    assert [p.stat().st_mtime_ns for p in records] == stamps
+    assert capsys.readouterr().err.count("; skipped") == 4
+    assert json.loads((out / "study.json").read_text())["wall_seconds"]["skipped"] == 4
+
+
+def test_a_run_folder_trained_from_another_spec_is_refused_before_training(finished, monkeypatch, capsys):
+    folder, out = finished
+    monkeypatch.setattr("madkit.engine.train.train", lambda *a, **k: pytest.fail("trained before refusing"))
+    assert main(["study", str(folder), "--out", str(out), "--set", "train.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "d1-seed0 was trained from another spec" in err and "train.lr" in err and "--out" in err
+
+
+@pytest.mark.parametrize(
+    "study, message",
+    [
+        ("seeds = []\n", "study.toml: seeds: must name at least one"),
+        ("steps = [0, 2]\n", "study.toml: steps: step counts must be positive"),
+        ("sede = [1]\n", "study.toml: sede: unknown key"),
+        ('specs = ["d1.toml", "d9.toml"]\n', "specs: d9.toml does not exist"),
+        ('sampler = "ddmi"\n', "study.toml: sampler: no sampler kind 'ddmi'; installed: "),
+        ('extractor = {kind = "incept"}\n', "study.toml: extractor.kind: no extractor kind 'incept'"),
+    ],
+)
+def test_a_bad_design_is_refused_with_its_file_and_key(tmp_path, capsys, study, message):
+    assert main(["study", str(write_study(tmp_path / "bad", study)), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_options_are_usage_errors(tmp_path, capsys):
+    assert main(["study", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["study", str(write_study(tmp_path / "s")), "--seeds", "0,x"]) == 2
+    assert "--seeds '0,x'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the verdict
+def _row(setting, steps, fid, std, depth, n=3):
+    return {"setting": setting, "steps": steps, "label": f"D={depth}", "fid": fid, "fid_std": std, "seeds": n,
+            "spread_of": "seeds", "sample_flops_per_image": 1e7 * steps, "diffusion_depth": depth}
+
+
+def test_the_verdict_names_the_winner_and_tests_its_margin_against_the_spread():
+    rows = [_row("ar", 4, 40.0, 0.5, 1), _row("ar", 8, 38.0, 0.5, 1),
+            _row("diff", 2, 42.0, 0.5, 3), _row("diff", 4, 37.8, 0.5, 3)]
+    budgets = [{"flops": 2e7, "steps": 2, "setting": "diff"}, {"flops": 4e7, "steps": 4, "setting": "diff"}]
+    matches = {"ar": [4, 8], "diff": [2, 4]}
+    small, large = verdict(rows, budgets, matches, ["ar", "diff"])
+    # 2 standard errors of the difference: 2 * sqrt(0.25/3 + 0.25/3) = 0.816
+    assert small["winner"] == "ar" and small["margin"] == pytest.approx(2.0) and small["beyond_spread"]
+    assert small["threshold"] == pytest.approx(0.8165, rel=1e-3)
+    assert large["winner"] == "diff" and large["margin"] == pytest.approx(0.2) and not large["beyond_spread"]
+    text = trend([small, large], {"ar": 1, "diff": 3})
+    assert "D=1 -> D=3" in text and "consistent with the paper's trend" in text and "at 1 of 2 budget(s)" in text
+    assert "not the paper's trend" in trend([large, small], {"ar": 1, "diff": 3})
+
+
+def test_a_setting_that_cannot_afford_a_budget_is_left_out_of_it():
+    rows = [_row("ar", 1, 40.0, 0.5, 1), _row("diff", 1, 41.0, 0.5, 3)]
+    (only,) = verdict(rows, [{"flops": 1e7, "steps": 1, "setting": "ar"}], {"ar": [1], "diff": [None]}, ["ar", "diff"])
+    assert only["winner"] == "ar" and "margin" not in only
+    assert [e.get("fid") for e in only["entries"]] == [40.0, None]
