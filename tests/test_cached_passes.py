@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import TINY_UNET, build
+from model_helpers import TINY_UNET, batch, build
 from test_generation import VARIANTS, _close, _sampler
 
 from madkit.engine import rng
 from madkit_layers.attention import LayerCache
-from madkit_models.blockwise import BlockwiseSession, generate_blocks
+from madkit_models.blockwise import BlockwiseSession, cached_teacher_forced, generate_blocks
 from madkit_models.passes import BlockSteps
 
 
@@ -77,16 +77,31 @@ def test_the_reference_scheme_recomputes_the_same_keys(name):
     assert _close(_blocks(model, guidance=guidance, recompute_clean=True), cached, 1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "block-sparse", "flex"])
+def test_every_attention_backend_gives_the_cached_images(attention):
+    """The training forward under each backend equals the cached passes (teacher-forced), and cached,
+    reference-scheme and uncached generation give the same images."""
+    model = build(**VARIANTS["class"], attention=attention)
+    x0, xt, mt = batch(model)
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        train, _, _ = model.forward_blocks(x0, xt, mt, labels)
+    assert (train - cached_teacher_forced(model, x0, xt, mt, labels)).abs().max().item() <= 1e-5
+    cached = _blocks(model, guidance=2.0)
+    assert _close(_blocks(model, guidance=2.0, recompute_clean=True), cached, 1e-5)
+    assert _close(_blocks(model, guidance=2.0, use_cache=False), cached, 1e-4)
+
+
 def test_uncached_generation_never_builds_flex_masks():
     """FlexAttention compiles per sequence length, and every block has another one: the uncached
-    path uses dense SDPA masks whatever the spec's attention backend."""
+    path uses block-sparse SDPA groups instead (dense masks when the spec asks for sdpa)."""
     model = build("tiles")
     object.__setattr__(model.cfg, "attention", "flex")  # frozen config: switch backend for this test only
     try:
         _blocks(model, use_cache=False, steps=1)
     finally:
         object.__setattr__(model.cfg, "attention", "auto")
-    assert model._plans and all(key[-1] == "sdpa" for key in model._plans)
+    assert model._plans and all(key[-1] == "block-sparse" for key in model._plans)
 
 
 def _compiled_equals_eager(model, mode: str, device: str, **options):

@@ -150,10 +150,11 @@ def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: t
     xt_tokens, aux = model.embed_blocks(xt[:, None], mt[:, None])
     reps = len(ids)
     tc = 0 if model.single_stream else j
-    # dense SDPA masks: every block has another sequence length, which would recompile FlexAttention
+    # never FlexAttention: every block has another sequence length, which would compile it again per block
+    backend = "sdpa" if model.cfg.attention == "sdpa" else "block-sparse"
     out, _ = model.trunk(
         ctx, clean_tokens[:, :tc], noised_in, ids, xt_tokens.expand(-1, reps, -1, -1), mt[:, None].expand(-1, reps),
-        backend="sdpa",
+        backend=backend,
     )
     return model.unembed_blocks(out[:, -1:], mt[:, None], aux)[:, 0]
 

@@ -46,7 +46,10 @@ class MadformerConfig:
     conditioning: str = attrs.field(default="none", validator=one_of("none", "class"))
     label_dropout: float = attrs.field(default=0.1, validator=non_negative)
     clean_timestep: str = attrs.field(default="zero", validator=one_of(*CLEAN_TIMESTEPS))
-    attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "flex"))
+    # training attention backend: "auto" (flex on CUDA, block-sparse elsewhere), "block-sparse" (SDPA per
+    # group of query blocks over only the keys they may see), "flex" (FlexAttention block masks; no
+    # backward on the CPU) or "sdpa" (dense boolean masks)
+    attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "block-sparse", "flex"))
     # how cached generation runs a denoising step: eager, compiled (torch.compile), cuda-graph (captured
     # once per block and replayed; CUDA only, eager elsewhere) or compiled+cuda-graph
     denoise_step: str = attrs.field(default="eager", validator=one_of(*DENOISE_STEPS))
