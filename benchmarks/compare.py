@@ -2,7 +2,7 @@
 and prints ratios with their spread.
 
     python benchmarks/compare.py                   # every section
-    python benchmarks/compare.py --only generate   # one section
+    python benchmarks/compare.py generate          # one section (or --only generate; train,generate for both)
     python benchmarks/compare.py --quick           # fewer rounds: a smoke run, not a measurement
 
 Sections (one module each, ``run(quick: bool) -> None``):
@@ -24,10 +24,12 @@ SECTIONS = {"train": "compare_train", "generate": "compare_generate"}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
+    parser.add_argument("sections", nargs="*", help=f"sections to run, of {list(SECTIONS)} (default: all)")
+    parser.add_argument("--only", default="", help="comma-separated sections (the same as naming them)")
     parser.add_argument("--quick", action="store_true", help="a few rounds only (checks that it runs)")
     args = parser.parse_args(argv)
-    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    named = [s.strip() for part in [*args.sections, args.only] for s in part.split(",") if s.strip()]
+    wanted = list(dict.fromkeys(named)) or list(SECTIONS)
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")

@@ -1,7 +1,7 @@
 """Generation side by side (a section of compare.py): the KV cache against the paths that recompute,
 and throughput as the number of blocks grows.
 
-    python benchmarks/compare.py --only generate [--quick]
+    python benchmarks/compare.py generate [--quick]
 
 1. Cached vs uncached at T = 16 blocks of 4 tokens (a 6-layer, D = 3, width-64 MADFormer on an 8x8 token
    grid in 2x2 tiles, DDIM 10 steps, 4 images, random weights: speed and FLOPs do not depend on
