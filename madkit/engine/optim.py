@@ -12,8 +12,9 @@ store in checkpoints is there to say what was used, not to restore anything.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -86,10 +87,8 @@ def fused_adamw_available(params: list[nn.Parameter]) -> bool:
     return devices <= set(_get_fused_kernels_supported_devices())
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Restore a checkpoint's optimizer state but keep this optimizer's implementation: a state saved
-    by a fused AdamW (on a GPU, or a torch with a CPU kernel) carries ``fused=True`` in its groups,
-    which would otherwise ask for a kernel this device or torch may not have."""
+def check_trained_set(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Refuse a whole checkpoint's optimizer state written for another set of trained parameters."""
     saved = [len(g["params"]) for g in state["param_groups"]]
     trained = [len(g["params"]) for g in optimizer.param_groups]
     if saved != trained:
@@ -99,10 +98,24 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
             "madkit freezes parameters no computation reaches); start a new run from its weights with "
             "train.init_from = <that run folder>"
         )
+
+
+@contextlib.contextmanager
+def keeping_implementation(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Load a checkpoint's optimizer state inside this block but keep this optimizer's implementation:
+    a state saved by a fused AdamW (on a GPU, or a torch with a CPU kernel) carries ``fused=True`` in
+    its groups, which would otherwise ask for a kernel this device or torch may not have."""
     implementation = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable") if k in optimizer.defaults}
-    optimizer.load_state_dict(state)
+    yield
     for group in optimizer.param_groups:
         group.update(implementation)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Restore a whole checkpoint's optimizer state (checked, keeping this optimizer's implementation)."""
+    check_trained_set(optimizer, state)
+    with keeping_implementation(optimizer):
+        optimizer.load_state_dict(state)
 
 
 @attrs.frozen

@@ -46,7 +46,13 @@ from madkit.engine.model_setup import (
     enable_activation_checkpointing,
     weights_fingerprint,
 )
-from madkit.engine.optim import LRSchedule, build_optimizer, load_optimizer_state
+from madkit.engine.optim import (
+    LRSchedule,
+    build_optimizer,
+    check_trained_set,
+    keeping_implementation,
+    load_optimizer_state,
+)
 from madkit.engine.precision import resolve_precision
 from madkit.engine.resume_changes import check_resume
 from madkit.engine.resume_changes import describe as describe_changes
@@ -209,11 +215,14 @@ class Trainer:
             return
         if from_shards:
             ema = self.ema.module if self.ema is not None else None
-            sharded_checkpoint.load(self.ckpt, self.model, ema, self.optimizer, collective=self.sharded)
+            with keeping_implementation(self.optimizer):
+                sharded_checkpoint.load(self.ckpt, self.model, ema, self.optimizer, collective=self.sharded)
             if self.ema is not None:
                 self.ema.updates = int(state["ema"]["updates"])
         elif self.sharded:
-            sharded_checkpoint.load_whole_optimizer(self.model, self.optimizer, state["optimizer"])
+            check_trained_set(self.optimizer, state["optimizer"])
+            with keeping_implementation(self.optimizer):
+                sharded_checkpoint.load_whole_optimizer(self.model, self.optimizer, state["optimizer"])
         else:
             load_optimizer_state(self.optimizer, state["optimizer"])
         if state.get("scaler"):
