@@ -128,7 +128,14 @@ def _key_dtype(model, layer) -> torch.dtype:
     empty pass through one layer's projections decides it exactly."""
     lay = model.layout(NOISED, [0])
     x = full_precision(model.boi.detach()[None, :0])
-    _, k, _ = layer.noised.qkv_heads(x, lay.cos[:0], lay.sin[:0])
+    sharded = hasattr(layer, "unshard")  # an FSDP2 unit: gather its parameters for the probe (every rank)
+    if sharded:
+        layer.unshard()
+    try:
+        _, k, _ = layer.noised.qkv_heads(x, lay.cos[:0], lay.sin[:0])
+    finally:
+        if sharded:
+            layer.reshard()
     return k.dtype
 
 
