@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from madkit.build import build_experiment
+from madkit.engine import rng
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 
@@ -43,8 +44,10 @@ def measure(name: str, device: str, steps: int, warmup: int, dtype: torch.dtype 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
+        # one generator per example, as the trainer hands them (their cost is part of a step)
+        generators = [rng.generator(0, "loss", i, j, device=device) for j in range(batch)]
         with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
-            loss = model.loss(latents, None, experiment.schedule)["loss"]
+            loss = model.loss(latents, None, experiment.schedule, generators)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -108,7 +108,7 @@ def generate_blocks(model, sampler, generators, labels=None, steps=None, guidanc
     device = model.boi.device
     n = len(generators)
     use_cfg = model.class_embed is not None and guidance != 1.0
-    ctx = model.context_tokens(labels.to(device) if labels is not None else None, drop=False)
+    ctx = model.context_tokens(labels.to(device) if labels is not None else None)
     if use_cfg:
         null = torch.full((n,), model.num_classes, device=device, dtype=torch.long)
         ctx = torch.cat([ctx, model.class_embed(null)[:, None, :]])
@@ -145,7 +145,7 @@ def generate_blocks(model, sampler, generators, labels=None, steps=None, guidanc
 @torch.no_grad()
 def cached_teacher_forced(model, x0: torch.Tensor, xt: torch.Tensor, mt: torch.Tensor, labels=None):
     """Per-block predictions of the cached path with gold clean blocks: equals ``forward_blocks``."""
-    session = BlockwiseSession(model, model.context_tokens(labels, drop=False), x0.shape[0])
+    session = BlockwiseSession(model, model.context_tokens(labels), x0.shape[0])
     preds = []
     for j in range(model.T):
         if j > 0:
