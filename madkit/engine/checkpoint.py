@@ -29,6 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from madkit.engine.disk_space import SaveFailedError, describe_failure, ensure_free, tensor_bytes
+from madkit.errors import UserError
 from madkit.spec_loading import flatten
 
 CHECKPOINTS = "checkpoints"
@@ -42,7 +44,7 @@ _WRAPPER_PARTS = re.compile(r"(^|\.)_orig_mod\.")
 _SHAPE_INSENSITIVE = ("train", "log", "name", "seed")  # spec sections that cannot change tensor shapes
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable or not what the caller needs."""
 
 
@@ -75,21 +77,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
-    """A checkpoint folder itself, or a run folder's latest checkpoint."""
-    path = Path(run_dir_or_ckpt)
-    if (path / STATE_FILE).is_file():
-        if not is_complete(path):
-            missing = [f for f in FILES if not (path / f).is_file()]
-            raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-        return path
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist; pass a run folder or a checkpoint folder")
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise CheckpointError(
-            f"{path} holds no complete checkpoint (looked for {path / CHECKPOINTS}/<step>/ with {', '.join(FILES)})"
-        )
-    return latest
+    """A checkpoint folder itself, or a run folder's newest checkpoint; verified either way
+    (see madkit.engine.checkpoint_verify: a damaged newest checkpoint is skipped with a warning)."""
+    from madkit.engine.checkpoint_verify import choose_checkpoint
+
+    return choose_checkpoint(run_dir_or_ckpt)
 
 
 # --------------------------------------------------------------------------- writing
@@ -137,31 +129,53 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor],
     state: dict[str, Any],
     keep: int,
+    metadata: dict[str, str] | None = None,
+    protect: Path | None = None,
 ) -> Path:
-    """Write one checkpoint atomically, then keep only the newest ``keep``. Returns its folder."""
+    """Write one checkpoint atomically, then keep only the newest ``keep`` (and ``protect``).
+
+    ``metadata`` goes into the header of ``model.safetensors`` (readable without loading tensors).
+    The disk's free space is checked first; a failed write leaves no temp folder behind and raises
+    ``SaveFailedError`` saying "disk full" (or the OS error) and which checkpoint is still the latest.
+    Returns the new folder."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     if is_complete(final):
         return final  # already written (e.g. the run resumed at its last step)
     sweep_temp_folders(run_dir)
+    model_cpu, ema_cpu = _to_cpu(model_state), _to_cpu(ema_state)
+    what = f"the checkpoint of step {step}"
+    ensure_free(root, tensor_bytes([model_cpu, ema_cpu, state]), what, _still_latest(run_dir))
     tmp = root / f"{_TMP_PREFIX}{step_dir_name(step)}-{os.getpid()}"
-    tmp.mkdir()
-    save_file(_to_cpu(model_state), tmp / MODEL_FILE, metadata={"format": "pt"})
-    save_file(_to_cpu(ema_state), tmp / EMA_FILE, metadata={"format": "pt"})
-    with open(tmp / STATE_FILE, "wb") as f:
-        torch.save({"format": FORMAT_VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    for name in (MODEL_FILE, EMA_FILE):
-        _fsync_file(tmp / name)
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        save_file(model_cpu, tmp / MODEL_FILE, metadata={"format": "pt", **(metadata or {})})
+        save_file(ema_cpu, tmp / EMA_FILE, metadata={"format": "pt"})
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save({"format": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        for name in (MODEL_FILE, EMA_FILE):
+            _fsync_file(tmp / name)
+        _fsync_dir(tmp)
+    except Exception as exc:  # safetensors raises SafetensorError, torch's zip writer RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveFailedError(
+            f"{what} could not be written to {root}: {describe_failure(exc, root)}; the partial files were "
+            f"removed; {_still_latest(run_dir)}"
+        ) from exc
     if final.exists():  # an incomplete folder under the final name (not written by us): replace it
         _remove(final)
     os.replace(tmp, final)
     _fsync_dir(root)
-    prune(run_dir, keep)
+    prune(run_dir, keep, protect)
     return final
+
+
+def _still_latest(run_dir: str | Path) -> str:
+    latest = latest_checkpoint(run_dir)
+    return f"the latest checkpoint is still {latest}" if latest else "no checkpoint had been written yet"
 
 
 def _remove(folder: Path) -> None:
@@ -170,10 +184,11 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def prune(run_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints; returns what was deleted."""
+def prune(run_dir: str | Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints, never ``protect`` (the newest
+    checkpoint that passed the health check); returns what was deleted."""
     found = list_checkpoints(run_dir)
-    doomed = [p for _, p in found[: max(0, len(found) - keep)]]
+    doomed = [p for _, p in found[: max(0, len(found) - keep)] if protect is None or p != Path(protect)]
     for folder in doomed:
         _remove(folder)
     return doomed
