@@ -446,13 +446,11 @@ def test_missing_inception_weights_path_says_how_to_provide_them(tmp_path, monke
 
 
 def test_offline_download_failure_is_a_clear_error(monkeypatch):
-    import torch_fidelity.feature_extractor_inceptionv3 as inception_v3
-
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.delenv("MADKIT_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.setattr(inception_v3, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)  # madkit downloads them itself
     with pytest.raises(ExtractorUnavailable, match=r"offline.*weights = .*MADKIT_INCEPTION_WEIGHTS.*proxy"):
         InceptionConfig(device="cpu").build()
 
