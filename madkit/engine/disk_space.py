@@ -18,7 +18,7 @@ import torch
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # the words torch's zip writer and safetensors use when the underlying write came up short
-_SHORT_WRITE = ("file write failed", "enforce fail", "No space left", "unexpected pos")
+_SHORT_WRITE = ("file write failed", "enforce fail", "No space left", "os error 28", "unexpected pos")
 
 
 class SaveFailedError(RuntimeError):
@@ -42,8 +42,8 @@ def free_bytes(folder: str | Path) -> int:
 
 def ensure_free(folder: str | Path, need: int, what: str, still_safe: str) -> None:
     """Raise ``SaveFailedError`` before writing anything when ``folder``'s disk lacks ``need`` bytes
-    (plus 5% and 1 MiB for file-system overhead)."""
-    want = int(need * 1.05) + (1 << 20)
+    (plus 5% and 256 KiB for pickle and file-system overhead, and for the metrics lines that follow)."""
+    want = int(need * 1.05) + (256 << 10)
     free = free_bytes(folder)
     if free < want:
         raise SaveFailedError(

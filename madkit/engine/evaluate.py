@@ -106,8 +106,10 @@ def deterministic_dataset(source: DataSource) -> Dataset:
 def data_images(data: Any, num: int = 0, seed: int = 0) -> ImageSet:
     """A data source's images through ``to_uint8``: all of them, or a seeded random ``num`` (the first
     ``num`` of an iterable dataset). ``data`` is a data config (built here) or a DataSource."""
+    from madkit.build import build_part
+
     config = data if attrs.has(type(data)) else None
-    source: DataSource = data.build() if config is not None else data
+    source: DataSource = build_part(Registry.load, "data", data) if config is not None else data
     if not isinstance(source, DataSource):
         raise TypeError(f"expected a data config or a DataSource, got {type(data).__name__}")
 

@@ -14,12 +14,17 @@ of that state look as complete as healthy ones. So, after every optimizer step, 
 
 With ``action = "stop"`` (default) the run stops with a message naming the newest healthy
 checkpoint; the failing state is never written. With ``"warn"`` it goes on, and its checkpoints
-record that they failed. Every checkpoint records its figures (loss, grad norm, max |weight|,
-passed) in the metadata of its ``model.safetensors``; pruning (``train.keep_ckpts``) never removes
-the newest checkpoint that passed, and the NaN stop names that one too.
+record that they failed. The median makes the stop robust to one noisy step, so a checkpoint is
+judged more strictly: it *passes* only if no single step of the window went beyond the factor
+either (a divergence shows in single steps before it moves the median). Every checkpoint records
+its figures (loss, grad norm, max |weight|, passed, problems) in the metadata of its
+``model.safetensors``; pruning (``train.keep_ckpts``) never removes the newest checkpoint that
+passed, and the NaN and divergence stops name that one.
 
 The guard's history is saved in the checkpoint state, so a resumed run decides exactly as an
-uninterrupted one would.
+uninterrupted one would. ``madkit run --from STEP`` (restarting from an older checkpoint, usually
+with other settings) keeps the lowest medians but starts a fresh window: the losses that led up to
+a divergence must not stop the new attempt before it has taken a step.
 """
 
 from __future__ import annotations
@@ -106,6 +111,12 @@ class HealthGuard:
         self.grads.extend(float(v) for v in state["grads"])
         self.best = {k: (float(v[0]), int(v[1])) for k, v in state["best"].items()}
 
+    def forget_recent(self) -> None:
+        """Start a fresh window (``--from``): keep the lowest medians, drop the recent steps."""
+        self.losses.clear()
+        self.grads.clear()
+        self.trend_problems, self.weight_problems = [], []
+
     # ---------------------------------------------------------------- checks
     def after_step(self, step: int, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
         """Check optimizer step ``step`` (1-based, not yet applied): NaN/inf, then the trends."""
@@ -140,6 +151,21 @@ class HealthGuard:
         self._judge(step)
         return weight
 
+    def _peaks(self) -> list[str]:
+        """What makes a checkpoint fail although the medians are fine: one step of the window beyond the factor."""
+        problems = []
+        for name, values, factor in (
+            ("loss", self.losses, self.cfg.loss_factor),
+            ("grad_norm", self.grads, self.cfg.grad_factor),
+        ):
+            best = self.best.get(name)
+            if factor > 0 and values and best is not None and best[0] > 0 and max(values) > factor * best[0]:
+                problems.append(
+                    f"a {name} of the last {len(values)} steps reached {max(values):.4g}, over {factor:g}x its lowest "
+                    f"median ({best[0]:.4g})"
+                )
+        return problems
+
     def _trends(self, step: int) -> list[str]:
         problems = []
         for name, values, factor in (
@@ -168,10 +194,12 @@ class HealthGuard:
             self._warned = False
             return
         if self.cfg.action == "stop":
+            ckpt = newest_healthy(self.run_dir)
+            restart = f"`madkit run SPEC --from {int(ckpt.name)}`" if ckpt else "a new run folder"
             raise DivergenceError(
                 f"step {step}: training is diverging: {'; '.join(problems)}. This state was not checkpointed and "
-                f"{self._kept()}. Lower train.lr (or loosen train.health if this is expected) and continue from a "
-                f"healthy checkpoint with `madkit run SPEC --from STEP`"
+                f"{self._kept()}. Lower train.lr (or loosen train.health if this is expected) and continue with "
+                f"{restart}"
             )
         if not self._warned and self.env.is_main:
             print(f"madkit: step {step}: warning: training looks unhealthy: {'; '.join(problems)}; its "
@@ -183,13 +211,14 @@ class HealthGuard:
         """(the figures the checkpoint records, the checkpoint pruning must keep); under ``stop`` a
         failing state raises here, before anything is written."""
         weight = self.check_weights(step, params)
+        problems = self.problems + self._peaks()
         figures = {
             "step": step,
             "loss": statistics.median(self.losses) if self.losses else None,
             "grad_norm": statistics.median(self.grads) if self.grads else None,
             "max_abs_weight": weight if math.isfinite(weight) else str(weight),
-            "passed": not self.problems,
-            "problems": self.problems,
+            "passed": not problems,
+            "problems": problems,
         }
         return figures, newest_healthy(self.run_dir) if self.env.is_main else None
 
