@@ -45,7 +45,7 @@ def measure(name: str, device: str, steps: int, warmup: int, dtype: torch.dtype 
             torch.cuda.synchronize()
         start = time.perf_counter()
         # one generator per example, as the trainer hands them (their cost is part of a step)
-        generators = [rng.generator(0, "loss", i, j, device=device) for j in range(batch)]
+        generators = rng.indexed_generators(0, "loss", (i,), range(batch), device)
         with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
             loss = model.loss(latents, None, experiment.schedule, generators)["loss"]
         loss.backward()
