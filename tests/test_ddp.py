@@ -48,6 +48,7 @@ def test_two_cpu_ranks_match_one_process_and_each_other(tmp_path):
     first, second = state["rank_fingerprints"]
     assert torch.equal(first, second)  # both ranks hold bit-identical weights
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]  # written once, by rank 0
+    assert (out / ".lock").read_text() == ""  # rank 0 held the run folder's lock, and released it at the end
 
     registry = fakes.make_registry()
     single_spec = fakes.write_spec(

@@ -6,7 +6,7 @@
 Its loss draws example i's timestep and noise from ``generators[i]``, as the GenerativeModel contract
 asks (so micro-batching and ranks must not change it). Switches for engine tests: ``nan_after = k``
 returns a NaN loss from the (k+1)-th loss call of the process on; ``sleep_s`` slows each loss call
-(for kill tests).
+and ``sample_sleep_s`` each generate call (for kill tests).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class TinyModelConfig:
     depth: int = 2
     nan_after: int = 0
     sleep_s: float = 0.0
+    sample_sleep_s: float = 0.0
 
     def build(self, latent_shape, num_classes, registry=None) -> TinyModel:
         return TinyModel(self, tuple(latent_shape), num_classes)
@@ -86,6 +87,8 @@ class TinyModel(GenerativeModel):
 
     @torch.no_grad()
     def generate(self, sampler, generators, labels=None, steps=None, guidance=None, use_cache=True):
+        if self.cfg.sample_sleep_s:
+            time.sleep(self.cfg.sample_sleep_s)
         device = next(self.parameters()).device
         x = torch.stack([torch.randn(self.latent_shape, generator=g, device=device) for g in generators])
         x = x * sampler.init_noise_sigma
