@@ -32,14 +32,11 @@ from madkit.engine.health import recorded_health
 from madkit.engine.run_dir import read_metrics
 from madkit.engine.run_lock import RunLock
 from madkit.engine.train import train
-from madkit.registry import Registry
 
 
 @pytest.fixture
 def registry(monkeypatch):
-    registry = fakes.make_registry()
-    monkeypatch.setattr(Registry, "load", classmethod(lambda cls, autoload=None: registry))
-    return registry
+    return fakes.serve_registry(monkeypatch, fakes.make_registry())
 
 
 def madkit(*args: str) -> int:
@@ -70,7 +67,7 @@ def test_slow_divergence_stops_before_saving_and_names_the_healthy_checkpoint(tm
     spec = fakes.write_spec(tmp_path, train={**DIVERGING, "health": {"window": 3}}, log={"sinks": []})
     out = tmp_path / "run"
     assert madkit("run", spec, "--out", out) == 1
-    (line, hint) = err_lines(capsys)
+    line, _hint = err_lines(capsys)
     assert "training is diverging: the median loss of the last 3 steps is" in line and "Traceback" not in line
     *_, healthy = [folder for _, folder in ckpt.list_checkpoints(out) if recorded_health(folder)["passed"]]
     assert f"the newest healthy checkpoint is {healthy}" in line and f"--from {int(healthy.name)}`" in line
@@ -238,7 +235,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_sample_and_run(tmp_path, regi
     (warning,) = err_lines(capsys)
     assert f"skipping checkpoint {newest}: {weights}: " in warning
     assert f"using {out / 'checkpoints' / '00000002'} instead" in warning
-    assert [p.name for p in (out / "samples").iterdir() if p.is_dir()][0].startswith("00000002-")
+    assert next(p.name for p in (out / "samples").iterdir() if p.is_dir()).startswith("00000002-")
 
     more = fakes.write_spec(tmp_path, "more.toml", train={"steps": 6, "ckpt_every": 2, "keep_ckpts": 3},
                             log={"sinks": []})
@@ -295,7 +292,7 @@ def test_a_full_disk_mid_save_leaves_no_temp_folder_and_names_the_latest(tmp_pat
 
 
 def test_too_little_free_space_is_refused_before_writing(tmp_path, registry, capsys, monkeypatch):
-    import madkit.engine.disk_space as disk_space
+    from madkit.engine import disk_space
 
     spec = fakes.write_spec(tmp_path, train={"steps": 2}, log={"sinks": []})
     monkeypatch.setattr(disk_space, "free_bytes", lambda folder: 4096)

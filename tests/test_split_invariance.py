@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 from quickstart_step import QUICKSTART, SMALL, first_step, relative_difference
 from safetensors.torch import load_file
 
@@ -24,14 +25,6 @@ from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,11 @@ from madkit import cli
 from madkit.engine import checkpoint as ckpt
 from madkit.engine.inference import load_for_inference
 from madkit.engine.run_dir import read_metrics
-from madkit.registry import Registry
 
 
 @pytest.fixture
 def registry(monkeypatch):
-    registry = fakes.make_registry()
-    monkeypatch.setattr(Registry, "load", classmethod(lambda cls, autoload=None: registry))
-    return registry
+    return fakes.serve_registry(monkeypatch, fakes.make_registry())
 
 
 def madkit(*args: str) -> int:

@@ -21,15 +21,13 @@ from PIL import Image
 
 from madkit import cli
 from madkit.experiment_spec import dumps_toml
-from madkit.registry import Registry
 
 
 @pytest.fixture
 def registry(monkeypatch):
     registry = fakes.make_registry()
     registry.add_plugin(data_plugin, "data")
-    monkeypatch.setattr(Registry, "load", classmethod(lambda cls, autoload=None: registry))
-    return registry
+    return fakes.serve_registry(monkeypatch, registry)
 
 
 def one_line_exit_2(capsys, *args) -> str:
