@@ -334,6 +334,35 @@ def test_a_real_full_tmpfs(tmp_path, registry, capsys, monkeypatch, precheck):
         ckpt.load_for_inference(out, registry)
 
 
+# --------------------------------------------------------------------------- data read as it is
+def test_a_16_bit_ramp_trains_with_its_range(tmp_path, monkeypatch, capsys):
+    """`madkit run` on a folder holding one 16-bit grayscale ramp: the latents it trains on (pool codec,
+    factor 1, cached so they can be read back) span black to white, not a clipped near-white."""
+    import numpy as np
+    from madkit_data import plugin as data_plugin
+    from PIL import Image
+
+    from madkit.experiment_spec import dumps_toml
+
+    registry = fakes.make_registry()
+    registry.add_plugin(data_plugin, "data")
+    fakes.serve_registry(monkeypatch, registry)
+    images = tmp_path / "images"
+    images.mkdir()
+    ramp = np.tile(np.linspace(0, 65535, 8).round().astype(np.uint16), (8, 1))
+    Image.fromarray(ramp).save(images / "ramp.png")  # mode I;16: a 16-bit grayscale PNG
+    spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in fakes.BASE_SPEC.items()}
+    spec["data"] = {"kind": "folder", "root": str(images), "resolution": 8}
+    spec["codec"] = {"kind": "test-engine-pool", "factor": 1}
+    spec["train"].update(steps=1, latent_cache=str(tmp_path / "cache"))
+    spec["log"] = {"sinks": [], "progress": False}
+    (tmp_path / "spec.toml").write_text(dumps_toml(spec))
+    assert madkit("run", tmp_path / "spec.toml", "--out", tmp_path / "run") == 0
+    (latents,) = [np.load(p) for p in (tmp_path / "cache").rglob("latents-*.npy")]
+    row = latents[0, 0, 0].astype(np.float64)  # image 0, channel 0, top row
+    assert row[0] == -1.0 and row[-1] == 1.0 and (np.diff(row) > 0).all()
+
+
 # --------------------------------------------------------------------------- the final sample grid
 def test_a_kill_while_drawing_the_final_grid_is_made_good_next_time(tmp_path, registry):
     spec = fakes.write_spec(tmp_path, model={"sample_sleep_s": 30}, train={"steps": 2}, log={"sinks": []})

@@ -1,8 +1,9 @@
 """Every user mistake the reliability review met as a traceback now exits 2 with one line on stderr
 that names the file, key or flag (madkit.cli's rule: a ``UserError`` exits 2, anything else 1).
 
-Through ``madkit.cli.main`` with a registry of the test plugin plus the real data plugin (folder,
-webdataset), and one case through a real ``python -m madkit`` process.
+Through ``madkit.cli.main`` (the ``madkit`` command minus an interpreter start-up;
+tests/test_cli_foundation.py runs the real process) with a registry of the test plugin plus the real
+data plugin (folder, webdataset).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import subprocess
 import tarfile
 
 import engine_fakes as fakes
@@ -142,12 +142,9 @@ def test_a_binary_spec_file_is_named(tmp_path, registry, capsys):
     assert line == f"{spec}: not a text file (byte 0 is not UTF-8); a spec is a TOML text file"
 
 
-def test_a_folder_given_as_the_spec_is_named_by_the_real_command(tmp_path):
-    env = fakes.cli_env(tmp_path)
-    proc = subprocess.run(fakes.madkit_cmd("run", str(tmp_path)), env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == f"{tmp_path}: is a folder, not a spec file; pass the .toml file itself"
+def test_a_folder_given_as_the_spec_is_named(tmp_path, registry, capsys):
+    line = one_line_exit_2(capsys, "run", tmp_path)
+    assert line == f"{tmp_path}: is a folder, not a spec file; pass the .toml file itself"
 
 
 def test_an_eval_record_that_is_not_json_of_a_record_is_ignored(tmp_path, registry, capsys):

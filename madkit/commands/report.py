@@ -15,10 +15,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from madkit.engine.report import build_report
-    from madkit.engine.run_lock import writing_into
+    from madkit.engine.run_lock import run_folder_of, writing_into
 
     target = args.out or Path(args.run_dir) / "report.html"
-    with writing_into(args.run_dir, "madkit report", target):  # into a folder no run is training in
+    with writing_into(run_folder_of(args.run_dir), "madkit report", target):  # never beside a training run
         path = build_report(args.run_dir, args.out)
     print(f"wrote {path}")
     return 0
