@@ -29,6 +29,7 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 from madkit import cli
 from madkit.engine import checkpoint as ckpt
 from madkit.engine.health import recorded_health
+from madkit.engine.inference import load_for_inference
 from madkit.engine.run_dir import read_metrics
 from madkit.engine.run_lock import RunLock
 from madkit.engine.train import train
@@ -76,7 +77,7 @@ def test_slow_divergence_stops_before_saving_and_names_the_healthy_checkpoint(tm
     # keep_ckpts = 1, and yet the healthy checkpoint was kept; anything newer was already suspect
     assert all(step <= int(healthy.name) or not recorded_health(folder)["passed"]
                for step, folder in ckpt.list_checkpoints(out))
-    _, model = ckpt.load_for_inference(healthy, registry)
+    _, model = load_for_inference(healthy, registry)
     assert max(p.abs().max() for p in model.parameters()) < 100  # the healthy weights, not exploded ones
 
     # lower the peak learning rate and continue from the healthy checkpoint
@@ -244,7 +245,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_sample_and_run(tmp_path, regi
     assert steps_of(out) == [2, 4, 6]  # step 4 trained again, from step 2
     (aside,) = (out / "set-aside").iterdir()
     assert aside.name.endswith("-damaged") and (aside / "00000004").is_dir()
-    ckpt.load_for_inference(out, registry)
+    load_for_inference(out, registry)
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 7))
 
 
@@ -288,7 +289,7 @@ def test_a_full_disk_mid_save_leaves_no_temp_folder_and_names_the_latest(tmp_pat
     assert "the checkpoint of step 4 could not be written" in line and "disk full (No space left on device)" in line
     assert f"the latest checkpoint is still {out / 'checkpoints' / '00000002'}" in line
     assert no_temp_folders(out) and steps_of(out) == [2]
-    ckpt.load_for_inference(out, registry)
+    load_for_inference(out, registry)
 
 
 def test_too_little_free_space_is_refused_before_writing(tmp_path, registry, capsys, monkeypatch):
@@ -331,7 +332,7 @@ def test_a_real_full_tmpfs(tmp_path, registry, capsys, monkeypatch, precheck):
         latest = ckpt.latest_checkpoint(out)
         assert "disk full" in line and f"the latest checkpoint is still {latest}" in line
         assert no_temp_folders(out) and 1 < int(latest.name) < 400  # some were written, then the disk was full
-        ckpt.load_for_inference(out, registry)
+        load_for_inference(out, registry)
 
 
 # --------------------------------------------------------------------------- data read as it is
