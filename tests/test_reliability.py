@@ -71,7 +71,7 @@ def test_slow_divergence_stops_before_saving_and_names_the_healthy_checkpoint(tm
     line, _hint = err_lines(capsys)
     assert "training is diverging: the median loss of the last 3 steps is" in line and "Traceback" not in line
     *_, healthy = [folder for _, folder in ckpt.list_checkpoints(out) if recorded_health(folder)["passed"]]
-    assert f"the newest healthy checkpoint is {healthy}" in line and f"--from {int(healthy.name)}`" in line
+    assert f"the newest healthy checkpoint is {healthy}" in line and f"--from {int(healthy.name)} --allow-changes`" in line
     stopped_at = int(line.split("step ", 1)[1].split(":")[0])
     assert int(healthy.name) < stopped_at < 40  # it stopped early, after that checkpoint
     # keep_ckpts = 1, and yet the healthy checkpoint was kept; anything newer was already suspect
@@ -84,7 +84,7 @@ def test_slow_divergence_stops_before_saving_and_names_the_healthy_checkpoint(tm
     capsys.readouterr()
     calm = fakes.write_spec(tmp_path, "calm.toml", train={**DIVERGING, "lr": 0.05, "health": {"window": 3}},
                             log={"sinks": []})
-    assert madkit("run", calm, "--out", out, "--from", int(healthy.name)) == 0
+    assert madkit("run", calm, "--out", out, "--from", int(healthy.name), "--allow-changes") == 0
     assert steps_of(out)[-1] == 40 and recorded_health(ckpt.latest_checkpoint(out))["passed"]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 41))
 
@@ -173,7 +173,7 @@ def test_a_second_run_is_refused_and_a_killed_holder_blocks_nothing(tmp_path, re
     killed_at = int(ckpt.latest_checkpoint(out).name)
     resumed = fakes.write_spec(tmp_path, "a2.toml", train={"steps": killed_at + 2, "ckpt_every": 1, "keep_ckpts": 2},
                                log={"sinks": []})
-    assert madkit("run", resumed, "--out", out) == 0
+    assert madkit("run", resumed, "--out", out, "--allow-changes") == 0  # no sleeping, fewer steps
     assert steps_of(out)[-1] == killed_at + 2
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, killed_at + 3))
 
@@ -240,7 +240,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_sample_and_run(tmp_path, regi
 
     more = fakes.write_spec(tmp_path, "more.toml", train={"steps": 6, "ckpt_every": 2, "keep_ckpts": 3},
                             log={"sinks": []})
-    assert madkit("run", more, "--out", out) == 0
+    assert madkit("run", more, "--out", out, "--allow-changes") == 0  # train.steps 4 -> 6
     assert f"skipping checkpoint {newest}" in capsys.readouterr().err
     assert steps_of(out) == [2, 4, 6]  # step 4 trained again, from step 2
     (aside,) = (out / "set-aside").iterdir()
@@ -381,6 +381,6 @@ def test_a_kill_while_drawing_the_final_grid_is_made_good_next_time(tmp_path, re
     assert not grid.exists()
     metrics = (out / "metrics.jsonl").read_text()
     fast = fakes.write_spec(tmp_path, train={"steps": 2}, log={"sinks": []})
-    result = train(fakes.load(fast, registry), registry, out)
+    result = train(fakes.load(fast, registry), registry, out, allow_changes=True)  # without the slow drawing
     assert result.samples == grid and grid.is_file()
     assert (out / "metrics.jsonl").read_text() == metrics  # nothing was trained again

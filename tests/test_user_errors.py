@@ -105,7 +105,10 @@ def test_validate_names_the_extra_a_missing_package_comes_from(tmp_path, registr
 
 
 def test_a_sampler_typo_is_a_flag_error(tmp_path, registry, capsys):
-    line = one_line_exit_2(capsys, "sample", tmp_path / "no-run-needed", "--sampler", "test-engine-ddmi")
+    spec = fakes.write_spec(tmp_path, train={"steps": 1}, log={"sinks": []})
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    line = one_line_exit_2(capsys, "sample", tmp_path / "run", "--sampler", "test-engine-ddmi")
     assert line.startswith("madkit sample: --sampler: unknown sampler kind 'test-engine-ddmi'; did you mean")
 
 

@@ -195,7 +195,7 @@ class HealthGuard:
             return
         if self.cfg.action == "stop":
             ckpt = newest_healthy(self.run_dir)
-            restart = f"`madkit run SPEC --from {int(ckpt.name)}`" if ckpt else "a new run folder"
+            restart = f"`madkit run SPEC --from {int(ckpt.name)} --allow-changes`" if ckpt else "a new run folder"
             raise DivergenceError(
                 f"step {step}: training is diverging: {'; '.join(problems)}. This state was not checkpointed and "
                 f"{self._kept()}. Lower train.lr (or loosen train.health if this is expected) and continue with "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from madkit.engine.checkpoint import all_spec_differences
+from madkit.errors import ConfigError
 
 # dotted keys (or whole sections) whose change leaves the optimisation itself as it was
 NEUTRAL = (
@@ -39,7 +40,7 @@ NEUTRAL = (
 )
 
 
-class ResumeChangeError(ValueError):
+class ResumeChangeError(ConfigError):
     """The spec given to a resumed run changes what is being learned."""
 
 
