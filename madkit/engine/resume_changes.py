@@ -37,6 +37,7 @@ NEUTRAL = (
     "train.deterministic",
     "train.latent_cache",
     "train.ddp_find_unused",
+    "train.health",  # when to stop or warn, not what is learned
 )
 
 
