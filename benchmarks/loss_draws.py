@@ -32,8 +32,7 @@ def geometry(spec_path: Path):
     spec = load_spec(spec_path, registry=registry, check_resources=False).spec
     experiment = build_experiment(spec, registry, meta=True)
     model = experiment.model
-    c, h, w = experiment.latent_shape
-    cells = c * model.cell * model.cell
+    cells = experiment.latent_shape[0] * model.cell * model.cell  # latent values per token
     return experiment.schedule, (model.T, model.B, cells)
 
 
