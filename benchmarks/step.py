@@ -19,6 +19,8 @@ import torch
 
 from madkit.build import build_experiment
 from madkit.engine import rng
+from madkit.engine.model_setup import compile_blocks, enable_activation_checkpointing
+from madkit.engine.optim import build_optimizer
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 
@@ -30,14 +32,34 @@ CONFIGS = {
 }
 
 
-def measure(name: str, device: str, steps: int, warmup: int, dtype: torch.dtype | None) -> dict:
-    spec_path, sets, batch = CONFIGS[name]
+def measure(
+    name: str,
+    device: str,
+    steps: int,
+    warmup: int,
+    dtype: torch.dtype | None,
+    batch: int | None = None,
+    compile: bool = False,
+    activation_checkpointing: bool = False,
+) -> dict:
+    """Median step time over ``steps`` after ``warmup`` steps (compilation happens in the warmup).
+
+    ``compile`` and ``activation_checkpointing`` prepare the model as the trainer does
+    (``train.compile``, ``train.activation_checkpointing``); peak memory is reported on CUDA."""
+    spec_path, sets, default_batch = CONFIGS[name]
+    batch = batch or default_batch
     registry = Registry.load()
     spec = load_spec(spec_path, sets, registry, check_resources=False).spec
     experiment = build_experiment(spec, registry, device=device)
     model = experiment.model.to(device).train()
     cost = model.compute_cost(1)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    if activation_checkpointing:
+        enable_activation_checkpointing(model, registry.kind_of("model", spec.model))
+    if compile:
+        compile_blocks(model)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    opt = build_optimizer(model, spec.train)  # the trainer's AdamW (fused where torch has it)
     latents = torch.randn(batch, *experiment.latent_shape, device=device)
     times = []
     for i in range(warmup + steps):
@@ -61,6 +83,9 @@ def measure(name: str, device: str, steps: int, warmup: int, dtype: torch.dtype 
         "device": device,
         "dtype": str(dtype).replace("torch.", "") if dtype else "fp32",
         "batch": batch,
+        "compiled": compile,
+        "activation_checkpointing": activation_checkpointing,
+        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else None,
         "parameters": cost["parameters"],
         "step_s": step,
         "images_per_s": batch / step,

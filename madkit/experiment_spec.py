@@ -71,6 +71,12 @@ class TrainConfig:
     # a run, checkpoint or export folder or a hub id whose EMA weights a fresh run starts from (nothing else)
     init_from: str = ""
     ddp_find_unused: bool = False  # DDP find_unused_parameters, for models with parameters a step may not use
+    # ddp: a whole copy per rank | fsdp: weights, gradients and optimizer state sharded over all ranks |
+    # hsdp: sharded within groups of shard_ranks ranks, replicated across the groups (several nodes)
+    strategy: str = attrs.field(default="ddp", validator=attrs.validators.in_(("ddp", "fsdp", "hsdp")))
+    shard_ranks: int = attrs.field(default=0, validator=non_negative)  # hsdp group size; 0 = ranks per node
+    # fsdp/hsdp: dtype the blocks are gathered in; auto = bf16 when precision is bf16, else fp32
+    fsdp_param_dtype: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "fp32", "bf16")))
     log_every: int = attrs.field(default=10, validator=positive)
     sample_every: int = attrs.field(default=0, validator=non_negative)  # 0 = only at the end
     sample_num: int = attrs.field(default=16, validator=positive)
@@ -128,6 +134,21 @@ class ExperimentSpec:
                     "train.init_from",
                     f"{t.init_from!r} does not exist; give a run, checkpoint or export folder, or a hub id (owner/name)",
                 )
+        yield from _strategy_problems(t)
+
+
+def _strategy_problems(t: TrainConfig):
+    sharded = t.strategy in ("fsdp", "hsdp")
+    if t.shard_ranks and t.strategy != "hsdp":
+        yield SpecProblem("train.shard_ranks", f"only train.strategy = 'hsdp' uses it (strategy is {t.strategy!r})")
+    if sharded and t.precision == "fp16":
+        yield SpecProblem(
+            "train.precision", f"'fp16' is not supported with train.strategy = {t.strategy!r}; use 'bf16'"
+        )
+    if t.fsdp_param_dtype == "bf16" and t.precision in ("fp32", "fp16"):
+        yield SpecProblem(
+            "train.fsdp_param_dtype", f"'bf16' needs train.precision = 'bf16' (it is {t.precision!r}), or use 'auto'"
+        )
 
 
 @attrs.frozen

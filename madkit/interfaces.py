@@ -315,7 +315,15 @@ class ReferenceLayout:
 
 class GenerativeModel(nn.Module):
     """What the engine trains and samples from. Built with ``latent_shape=(c, h, w)`` and
-    ``num_classes``. Implementations live in plugins (e.g. ``madformer``)."""
+    ``num_classes``. Implementations live in plugins (e.g. ``madformer``).
+
+    Optional methods the trainer uses: ``set_activation_checkpointing(enabled)``,
+    ``no_weight_decay() -> set of names`` and ``compile_targets() -> modules`` (by default the members
+    of the outermost ``nn.ModuleList``s): the blocks ``train.compile`` compiles and that a sharded
+    strategy (``train.strategy = "fsdp"``) makes one FSDP unit each. A sharded block's weights are
+    gathered only when the block is called as a module (``block(...)``), so ``loss`` and
+    ``generate`` must not call a block's other methods or read its parameters directly.
+    """
 
     @property
     def class_conditional(self) -> bool:

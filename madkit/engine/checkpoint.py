@@ -9,6 +9,10 @@ Layout: ``RUN/checkpoints/<step, 8 digits>/`` holding
   step, optimizer, lr schedule, grad scaler, data position, RNG states per rank, EMA update count,
   the resolved spec (a dict) and the versions of madkit, torch and every plugin.
 
+A sharded checkpoint (``train.strategy = "fsdp"`` or ``"hsdp"``) holds ``state.pt`` without the
+optimizer and a ``sharded/`` folder of ``torch.distributed.checkpoint`` files (model, EMA, optimizer;
+see sharded_checkpoint.py). ``load_weights`` and ``stored_shapes`` read either layout.
+
 Atomicity: a checkpoint is written into ``checkpoints/.tmp-<step>-<pid>/``, each file fsynced, then
 renamed to its final name and the parent folder fsynced. A folder whose name is all digits is
 therefore complete; temp folders (a crash mid-write) are ignored and swept by the next save.
@@ -18,6 +22,7 @@ leaves a half-deleted folder under a valid name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -36,6 +41,7 @@ from madkit.spec_loading import flatten
 CHECKPOINTS = "checkpoints"
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "state.pt"
 FILES = (MODEL_FILE, EMA_FILE, STATE_FILE)
+SHARDED_DIR = "sharded"  # a sharded checkpoint's DCP files; complete once DCP wrote its .metadata
 FORMAT_VERSION = 1
 _TMP_PREFIX = ".tmp-"
 # torch.compile(submodule) wraps it as `_orig_mod`; the trainer never saves through a DDP wrapper,
@@ -57,8 +63,20 @@ def step_dir_name(step: int) -> str:
     return f"{step:08d}"
 
 
+def is_sharded(folder: Path) -> bool:
+    return (Path(folder) / SHARDED_DIR / ".metadata").is_file()
+
+
+def has_all_files(folder: Path) -> bool:
+    """``state.pt`` and the weights: both safetensors files, or the sharded folder."""
+    if not (folder / STATE_FILE).is_file():
+        return False
+    return is_sharded(folder) or all((folder / f).is_file() for f in FILES)
+
+
 def is_complete(folder: Path) -> bool:
-    return folder.name.isdigit() and all((folder / f).is_file() for f in FILES)
+    """A checkpoint of a run's ``checkpoints/`` (named by its step) with all its files."""
+    return folder.name.isdigit() and has_all_files(folder)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -77,8 +95,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
-    """A checkpoint folder itself, or a run folder's newest checkpoint; verified either way
-    (see madkit.engine.checkpoint_verify: a damaged newest checkpoint is skipped with a warning)."""
+    """A checkpoint folder itself (whole or sharded), or a run folder's newest checkpoint; verified
+    either way (see madkit.engine.checkpoint_verify: a damaged newest checkpoint is skipped with a warning)."""
     from madkit.engine.checkpoint_verify import choose_checkpoint
 
     return choose_checkpoint(run_dir_or_ckpt)
@@ -138,39 +156,77 @@ def save_checkpoint(
     The disk's free space is checked first; a failed write leaves no temp folder behind and raises
     ``SaveFailedError`` saying "disk full" (or the OS error) and which checkpoint is still the latest.
     Returns the new folder."""
-    root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
+    final = checkpoint_folder(run_dir, step)
     if is_complete(final):
         return final  # already written (e.g. the run resumed at its last step)
     sweep_temp_folders(run_dir)
     model_cpu, ema_cpu = _to_cpu(model_state), _to_cpu(ema_state)
-    what = f"the checkpoint of step {step}"
-    ensure_free(root, tensor_bytes([model_cpu, ema_cpu, state]), what, _still_latest(run_dir))
-    tmp = root / f"{_TMP_PREFIX}{step_dir_name(step)}-{os.getpid()}"
-    try:
-        tmp.mkdir()
+    ensure_free_for(run_dir, step, tensor_bytes([model_cpu, ema_cpu, state]))
+    with writing_into(run_dir, step, final) as tmp:
         save_file(model_cpu, tmp / MODEL_FILE, metadata={"format": "pt", **(metadata or {})})
         save_file(ema_cpu, tmp / EMA_FILE, metadata={"format": "pt"})
-        with open(tmp / STATE_FILE, "wb") as f:
-            torch.save({"format": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        for name in (MODEL_FILE, EMA_FILE):
-            _fsync_file(tmp / name)
-        _fsync_dir(tmp)
+        write_state(tmp, state)
+    prune(run_dir, keep, protect)
+    return final
+
+
+def ensure_free_for(run_dir: str | Path, step: int, need: int) -> None:
+    """``SaveFailedError`` ("disk full", what is still the latest) unless the checkpoint disk has ``need`` bytes."""
+    ensure_free(Path(run_dir) / CHECKPOINTS, need, f"the checkpoint of step {step}", _still_latest(run_dir))
+
+
+@contextlib.contextmanager
+def writing_into(run_dir: str | Path, step: int, final: Path):
+    """A temp folder beside ``final`` to write into, renamed to ``final`` when the block succeeds; when
+    it fails the folder is removed and ``SaveFailedError`` says why and what is still the latest."""
+    tmp = temp_folder(final)
+    try:
+        yield tmp
+        commit_folder(tmp, final)
     except Exception as exc:  # safetensors raises SafetensorError, torch's zip writer RuntimeError
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SaveFailedError(
-            f"{what} could not be written to {root}: {describe_failure(exc, root)}; the partial files were "
-            f"removed; {_still_latest(run_dir)}"
-        ) from exc
+        raise discard_failed_save(run_dir, step, tmp, exc) from exc
+
+
+def discard_failed_save(run_dir: str | Path, step: int, tmp: Path, exc: BaseException) -> SaveFailedError:
+    """Remove the temp folder of a save that failed; the error to raise says why and what is still the latest."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    return SaveFailedError(
+        f"the checkpoint of step {step} could not be written to {tmp.parent}: "
+        f"{describe_failure(exc, tmp.parent)}; the partial files were removed; {_still_latest(run_dir)}"
+    )
+
+
+def checkpoint_folder(run_dir: str | Path, step: int) -> Path:
+    """``RUN/checkpoints/<step>`` (its parent is created)."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    return root / step_dir_name(step)
+
+
+def temp_folder(final: Path) -> Path:
+    """A fresh folder beside ``final`` to write into; ``commit_folder`` renames it to ``final``."""
+    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_state(folder: Path, state: dict[str, Any]) -> None:
+    with open(folder / STATE_FILE, "wb") as f:
+        torch.save({"format": FORMAT_VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def commit_folder(tmp: Path, final: Path) -> None:
+    """fsync what ``tmp`` holds, then rename it to ``final`` atomically."""
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            _fsync_file(path)
+    _fsync_dir(tmp)
     if final.exists():  # an incomplete folder under the final name (not written by us): replace it
         _remove(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
-    prune(run_dir, keep, protect)
-    return final
+    _fsync_dir(final.parent)
 
 
 def _still_latest(run_dir: str | Path) -> str:
@@ -212,21 +268,31 @@ def load_state(ckpt: str | Path, device: torch.device | str = "cpu") -> dict[str
         raise CheckpointError(f"{path}: cannot be read as a madkit checkpoint state: {exc}") from exc
 
 
-def stored_spec(ckpt: str | Path) -> dict[str, Any]:
-    """The resolved spec a checkpoint was trained with, without reading its tensors (the state file is
-    memory-mapped, so a 1B-parameter model's optimizer state costs nothing here)."""
+def stored_state_value(ckpt: str | Path, key: str) -> Any:
+    """One entry of a checkpoint's ``state.pt`` (None if absent), without reading its tensors (the state
+    file is memory-mapped, so a 1B-parameter model's optimizer state costs nothing here)."""
     path = Path(ckpt) / STATE_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot be read as a madkit checkpoint state: {exc}") from exc
-    if "spec" not in state:
-        raise CheckpointError(f"{path} holds no resolved spec; it was not written by madkit")
-    return state["spec"]
+    return state.get(key) if isinstance(state, dict) else None
+
+
+def stored_spec(ckpt: str | Path) -> dict[str, Any]:
+    """The resolved spec a checkpoint was trained with, without reading its tensors."""
+    spec = stored_state_value(ckpt, "spec")
+    if spec is None:
+        raise CheckpointError(f"{Path(ckpt) / STATE_FILE} holds no resolved spec; it was not written by madkit")
+    return spec
 
 
 def load_weights(ckpt: str | Path, use_ema: bool, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     path = Path(ckpt) / (EMA_FILE if use_ema else MODEL_FILE)
+    if not path.is_file() and is_sharded(ckpt):
+        from madkit.engine.sharded_checkpoint import read_full
+
+        return {k: v.to(device) for k, v in read_full(ckpt, "ema" if use_ema else "model").items()}
     try:
         return load_file(path, device=str(device))
     except Exception as exc:
@@ -234,9 +300,13 @@ def load_weights(ckpt: str | Path, use_ema: bool, device: torch.device | str = "
 
 
 def stored_shapes(ckpt: str | Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes in a checkpoint's ``model.safetensors`` (or in a given .safetensors file, e.g. an
-    export's) without reading the data."""
+    """Tensor shapes in a checkpoint's ``model.safetensors`` or sharded model (or in a given
+    .safetensors file, e.g. an export's) without reading the data."""
     path = Path(ckpt)
+    if path.suffix != ".safetensors" and not (path / MODEL_FILE).is_file() and is_sharded(path):
+        from madkit.engine.sharded_checkpoint import stored_shapes as sharded_shapes
+
+        return sharded_shapes(path, "model")
     with safe_open(path if path.suffix == ".safetensors" else path / MODEL_FILE, framework="pt") as f:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (a safetensors handle, not a dict)
 

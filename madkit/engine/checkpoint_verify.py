@@ -7,6 +7,8 @@ checkpoint madkit loads is verified first, without reading the tensors themselve
 - each ``.safetensors`` file: its header parses, every tensor's dtype and shape match its byte
   range, and the ranges fill the file exactly (a truncated file describes more bytes than it holds);
 - ``model.safetensors`` and ``ema.safetensors`` hold the same tensor names;
+- a sharded checkpoint's ``sharded/.metadata`` reads and every slice it lists lies inside an
+  existing rank file (``verify_shards``);
 - ``state.pt`` opens as a plain-data checkpoint (``weights_only=True``, memory-mapped: the zip
   directory at its end must be intact) and its step matches the folder name.
 
@@ -32,9 +34,11 @@ from madkit.engine.checkpoint import (
     EMA_FILE,
     FILES,
     MODEL_FILE,
+    SHARDED_DIR,
     STATE_FILE,
     CheckpointError,
     is_complete,
+    is_sharded,
     list_checkpoints,
 )
 
@@ -114,15 +118,18 @@ def verify_checkpoint(folder: str | Path) -> None:
     """Raise ``CheckpointError`` (``CorruptCheckpointError`` for damage) unless ``folder`` is a
     complete checkpoint whose files all pass the checks in the module docstring."""
     folder = Path(folder)
-    missing = [f for f in FILES if not (folder / f).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint {folder} is incomplete: missing {', '.join(missing)}")
-    model, ema = safetensors_header(folder / MODEL_FILE), safetensors_header(folder / EMA_FILE)
-    if tensor_names(model) != tensor_names(ema):
-        differ = sorted(tensor_names(model) ^ tensor_names(ema))
-        raise CorruptCheckpointError(
-            f"checkpoint {folder}: {MODEL_FILE} and {EMA_FILE} hold different tensors (e.g. {differ[:3]})"
-        )
+    if is_sharded(folder) and (folder / STATE_FILE).is_file():
+        verify_shards(folder)
+    else:
+        missing = [f for f in FILES if not (folder / f).is_file()]
+        if missing:
+            raise CheckpointError(f"checkpoint {folder} is incomplete: missing {', '.join(missing)}")
+        model, ema = safetensors_header(folder / MODEL_FILE), safetensors_header(folder / EMA_FILE)
+        if tensor_names(model) != tensor_names(ema):
+            differ = sorted(tensor_names(model) ^ tensor_names(ema))
+            raise CorruptCheckpointError(
+                f"checkpoint {folder}: {MODEL_FILE} and {EMA_FILE} hold different tensors (e.g. {differ[:3]})"
+            )
     state_path = folder / STATE_FILE
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True, mmap=True)
@@ -132,6 +139,30 @@ def verify_checkpoint(folder: str | Path) -> None:
     step = state.get("step") if isinstance(state, dict) else None
     if folder.name.isdigit() and step != int(folder.name):
         raise CorruptCheckpointError(f"{state_path}: records step {step!r}, but its folder is named {folder.name}")
+
+
+def verify_shards(folder: Path) -> None:
+    """A sharded checkpoint: DCP's ``.metadata`` reads, names model, EMA and optimizer tensors, and
+    every byte range it points to lies inside an existing file (a truncated or missing rank file fails)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    shards = folder / SHARDED_DIR
+    try:
+        meta = FileSystemReader(str(shards)).read_metadata()
+    except Exception as exc:  # noqa: BLE001  (a damaged pickle raises anything)
+        raise CorruptCheckpointError(f"{shards / '.metadata'}: damaged ({type(exc).__name__}: {exc})"[:300]) from None
+    parts = {key.split(".", 1)[0] for key in meta.state_dict_metadata}
+    if not {"model", "ema", "optimizer"} <= parts:
+        raise CorruptCheckpointError(f"{shards}: holds {sorted(parts)}, not model, ema and optimizer")
+    ends: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), int(info.offset) + int(info.length))
+    for name, end in sorted(ends.items()):
+        path = shards / name
+        size = path.stat().st_size if path.is_file() else None
+        if size is None or size < end:
+            state = "is missing" if size is None else f"is truncated ({size:,} bytes; its slices need {end:,})"
+            raise CorruptCheckpointError(f"{path} {state}")
 
 
 # --------------------------------------------------------------------------- a run folder
@@ -168,8 +199,9 @@ def choose_checkpoint(path: str | Path) -> Path:
         try:
             verify_checkpoint(path)
         except CheckpointError as exc:
-            older = [p for step, p in list_checkpoints(path.parent.parent) if path.name.isdigit() and step < int(path.name)]
-            hint = f"; the run folder {path.parent.parent} holds older checkpoints, e.g. {older[-1]}" if older else ""
+            run = path.parent.parent
+            older = [p for step, p in list_checkpoints(run) if path.name.isdigit() and step < int(path.name)]
+            hint = f"; the run folder {run} holds older checkpoints, e.g. {older[-1]}" if older else ""
             raise CheckpointError(f"{exc}{hint}") from None
         return path
     if not path.exists():

@@ -58,17 +58,22 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def setup(device_preference: str) -> DistEnv:
-    """Join the torchrun process group when launched by torchrun; otherwise a single process."""
+def setup(device_preference: str, group_when_alone: bool = False) -> DistEnv:
+    """Join the torchrun process group when launched by torchrun; otherwise a single process.
+
+    ``group_when_alone``: a single process still forms a group of one rank (FSDP needs a device
+    mesh, and a sharded run on one rank then runs the same code as on many)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
-    if world <= 1:
+    if world <= 1 and not group_when_alone:
         return DistEnv(0, 1, 0, device)
     owns = False
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+        if world <= 1:  # no torchrun rendezvous to join: an in-memory store for one rank
+            kwargs.update(store=dist.HashStore(), rank=0, world_size=1)
         # Rank 0 may encode a whole dataset into the latent cache while the others wait in a
         # collective: NCCL's default 10-minute watchdog would kill every cold-cache run.
         minutes = float(os.environ.get("MADKIT_DIST_TIMEOUT_MINUTES", 6 * 60))

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from madkit.engine import distributed
-from madkit.engine.checkpoint import MODEL_FILE, list_checkpoints
+from madkit.engine.checkpoint import MODEL_FILE, is_sharded, list_checkpoints, stored_state_value
 from madkit.engine.checkpoint_verify import CheckpointError, header_metadata
 
 HEALTH_KEY = "madkit_health"  # the safetensors metadata key
@@ -55,8 +55,11 @@ class DivergenceError(RuntimeError):
 
 # --------------------------------------------------------------------------- reading records
 def recorded_health(ckpt: str | Path) -> dict[str, Any] | None:
-    """The health figures a checkpoint recorded, or None (written before madkit recorded them)."""
+    """The health figures a checkpoint recorded, or None (written before madkit recorded them).
+    A whole checkpoint keeps them in its ``model.safetensors`` header, a sharded one in ``state.pt``."""
     try:
+        if is_sharded(Path(ckpt)):
+            return stored_state_value(ckpt, "health")
         raw = header_metadata(Path(ckpt) / MODEL_FILE).get(HEALTH_KEY)
         return json.loads(raw) if raw else None
     except (CheckpointError, ValueError):
@@ -73,11 +76,21 @@ def newest_healthy(run_dir: str | Path) -> Path | None:
     return None
 
 
-def max_abs_weight(params: list[torch.Tensor]) -> float:
-    """The largest |value| over ``params`` (NaN if any is NaN)."""
-    if not params:
-        return 0.0
-    return float(torch.stack([p.detach().abs().amax().float() for p in params]).amax())
+def max_abs_weight(params: list[torch.Tensor], env: distributed.DistEnv | None = None) -> float:
+    """The largest |value| over ``params`` (NaN if any is NaN). Sharded parameters (DTensors) are
+    measured on this rank's slices and the maximum taken over ``env``'s ranks (a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = any(isinstance(p, DTensor) for p in params)
+    local = [p.to_local() if isinstance(p, DTensor) else p for p in params]
+    peaks = [t.detach().abs().amax().float() for t in local if t.numel()]
+    peak = torch.stack(peaks).amax() if peaks else torch.zeros(())
+    if sharded and env is not None and env.distributed:
+        # NaN would be lost in a MAX reduction: reduce "is NaN" alongside the value
+        both = torch.stack([torch.nan_to_num(peak, nan=0.0), peak.isnan().float()]).to(env.device)
+        torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+        peak = torch.tensor(math.nan) if both[1].item() else both[0]
+    return float(peak)
 
 
 # --------------------------------------------------------------------------- the guard
@@ -102,7 +115,8 @@ class HealthGuard:
 
     # ---------------------------------------------------------------- state (checkpoints)
     def state_dict(self) -> dict[str, Any]:
-        return {"losses": list(self.losses), "grads": list(self.grads), "best": {k: list(v) for k, v in self.best.items()}}
+        best = {k: list(v) for k, v in self.best.items()}
+        return {"losses": list(self.losses), "grads": list(self.grads), "best": best}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if not state:  # a checkpoint from before the guard: start its history afresh
@@ -139,7 +153,7 @@ class HealthGuard:
 
     def check_weights(self, step: int, params: list[torch.Tensor]) -> float:
         """Stop (or warn) when the weights left the healthy range; returns the largest |weight|."""
-        weight = max_abs_weight(params)
+        weight = max_abs_weight(params, self.env)
         if not math.isfinite(weight):
             self.weight_problems = [f"a weight is {weight}"]
         elif self.cfg.max_weight > 0 and weight > self.cfg.max_weight:

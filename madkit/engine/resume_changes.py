@@ -38,6 +38,8 @@ NEUTRAL = (
     "train.latent_cache",
     "train.ddp_find_unused",
     "train.health",  # when to stop or warn, not what is learned
+    "train.strategy",  # a sharded checkpoint resumes whole and a whole one sharded, on any number of ranks
+    "train.shard_ranks",
 )
 
 

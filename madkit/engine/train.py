@@ -14,6 +14,10 @@ repeats exactly what an uninterrupted run does, and one global batch gives the s
 however it is split into ranks and micro-batches. Rank 0 owns the run folder: metrics, sinks,
 sample grids and checkpoints, under an exclusive lock held for the whole run (madkit.engine.run_lock).
 
+``train.strategy`` chooses how ranks share the model: ``ddp`` (a whole copy each, DDP) or ``fsdp`` /
+``hsdp`` (sharded with FSDP2, see fsdp.py; every rank then keeps its slice of the EMA, samples
+together with the others and writes its slice of each checkpoint, see sharded_checkpoint.py).
+
 Nothing is written before every input has been checked: a missing dataset, an unreadable first
 batch or a checkpoint that does not fit the spec stops the run with the run folder untouched.
 Damaged checkpoints are skipped and moved aside (madkit.engine.checkpoint_verify); the health
@@ -35,7 +39,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from madkit.build import build_experiment, describe_part
-from madkit.engine import batches, checkpoint, checkpoint_verify, distributed, rng
+from madkit.engine import batches, checkpoint, checkpoint_verify, distributed, fsdp, rng, sharded_checkpoint
 from madkit.engine.console_log import ConsoleLog, console_log
 from madkit.engine.ema import EMA
 from madkit.engine.health import HealthGuard
@@ -90,7 +94,7 @@ def train(
     checkpoint of that step instead of its newest; the newer ones are moved to RUN/set-aside/.
     Under torchrun every rank calls this; rank 0 writes.
     """
-    env = distributed.setup(loaded.spec.train.device)
+    env = distributed.setup(loaded.spec.train.device, group_when_alone=fsdp.is_sharded(loaded.spec.train.strategy))
     lock = RunLock(out, "madkit run")  # taken by rank 0 only, for every rank
     try:
         with console_log(env.is_main) as console:
@@ -120,6 +124,7 @@ class Trainer:
         self.allow_changes, self.resume_changes = allow_changes, []
         self.init_source: Path | None = None  # the checkpoint train.init_from loaded weights from
         self.registry, self.device, self.console = registry, env.device, console
+        self.sharded = fsdp.is_sharded(cfg.strategy)
         self.threads = apply_threads(cfg.threads)
         self.run_dir = RunDir(out)
         self.lock = lock or RunLock(out, "madkit run")
@@ -166,7 +171,9 @@ class Trainer:
             return None
         # on the CPU: RNG states must stay there, and the optimizer moves its state to the parameters
         state = checkpoint.load_state(self.ckpt, "cpu")
-        if "optimizer" not in state:  # e.g. a checkpoint made by `madkit import-reference`
+        # a sharded checkpoint keeps its optimizer state with the weights, not in state.pt
+        if "optimizer" not in state and not checkpoint.is_sharded(self.ckpt):
+            # e.g. a checkpoint made by `madkit import-reference`
             raise checkpoint.CheckpointError(
                 f"{self.ckpt} holds weights but no optimizer state, so training cannot resume from it; "
                 "sample, evaluate or export it, start a new run from its weights (train.init_from), "
@@ -178,25 +185,33 @@ class Trainer:
         return state
 
     def _prepare_training(self, state: dict[str, Any] | None) -> None:
-        """Weights, EMA, model options, DDP, optimizer and position; restored from ``state`` if given."""
+        """Weights, EMA, model options, DDP or sharding, optimizer and position; restored from ``state`` if given."""
         cfg, env = self.cfg, self.env
-        if state is not None:
+        # a sharded checkpoint is read after sharding, each rank reading only its slices
+        from_shards = state is not None and checkpoint.is_sharded(self.ckpt)
+        if state is not None and not from_shards:
             checkpoint.load_unwrapped(self.model, checkpoint.load_weights(self.ckpt, False, self.device))
-        elif cfg.init_from:
+        elif state is None and cfg.init_from:
             self.init_source = initialize_from(
                 self.model, cfg.init_from, self.loaded.raw, self.loaded.source, self.device
             )
         self.model.train()
-        # the EMA copies the model before compilation: a copy would otherwise call the original's graphs
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if env.is_main else None
-        if state is not None and self.ema is not None:
+        if self.sharded and env.distributed:  # DDP does this when it wraps; sharding would keep the mix
+            fsdp.broadcast_from_rank0(self.model)
+        # the EMA copies the model before compilation: a copy would otherwise call the original's graphs;
+        # in a sharded run every rank keeps its slice of it
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if env.is_main or self.sharded else None
+        if state is not None and self.ema is not None and not from_shards:
             self.ema.load_state_dict(checkpoint.load_weights(self.ckpt, True, self.device), state["ema"]["updates"])
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model, self.model_kind)
         if cfg.compile:
             compile_blocks(self.model)
         self.loss_module: torch.nn.Module = LossModule(self.model, self.experiment.schedule)
-        if env.distributed:  # DDP broadcasts rank 0's weights: every rank starts identical
+        if self.sharded:
+            ema = self.ema.module if self.ema is not None else None
+            fsdp.shard_for_training(self.model, ema, cfg, env.world_size, self.device, self.precision.name)
+        elif env.distributed:  # DDP broadcasts rank 0's weights: every rank starts identical
             self.loss_module = DistributedDataParallel(
                 self.loss_module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -210,7 +225,15 @@ class Trainer:
         self.step, self.consumed = 0, 0
         if state is None:
             return
-        self.optimizer.load_state_dict(state["optimizer"])
+        if from_shards:
+            ema = self.ema.module if self.ema is not None else None
+            sharded_checkpoint.load(self.ckpt, self.model, ema, self.optimizer, collective=self.sharded)
+            if self.ema is not None:
+                self.ema.updates = int(state["ema"]["updates"])
+        elif self.sharded:
+            sharded_checkpoint.load_whole_optimizer(self.model, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.consumed = int(state["step"]), int(state["data"]["consumed"])
@@ -341,7 +364,8 @@ class Trainer:
         return (
             f"{self.spec.name}: {self.model_kind} model, {n_params:,} parameters; {source} at step "
             f"{self.step}, training to step {end} of {self.cfg.steps} | global batch {self.plan.global_batch} = "
-            f"{self.env.world_size} rank(s) x {self.plan.accumulation} x {self.plan.micro_batch} | "
+            f"{self.env.world_size} rank(s) x {self.plan.accumulation} x {self.plan.micro_batch}"
+            f"{f' ({self.cfg.strategy})' if self.sharded else ''} | "
             f"{self.precision.name} on {self.device}, {self.threads} | run folder {self.run_dir.root}"
             + (f" | {self.data.note}" if self.data.note else "")
         )
@@ -399,6 +423,8 @@ class Trainer:
             indices = plan.example_indices(self.env.rank, k)
             generators = rng.indexed_generators(self.spec.seed, "loss", (self.step,), indices, self.device)
             last = k == plan.accumulation - 1
+            if self.sharded:
+                fsdp.set_gradient_sync(self.model, last)
             sync = contextlib.nullcontext() if (last or not ddp) else self.loss_module.no_sync()
             with sync:
                 with self.precision.autocast():
@@ -412,7 +438,7 @@ class Trainer:
         """Unscale (fp16), clip to ``grad_clip`` (0: measure only); the global norm before clipping."""
         self.scaler.unscale_(self.optimizer)
         limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
-        return torch.nn.utils.clip_grad_norm_(self.params, limit)
+        return fsdp.full_value(torch.nn.utils.clip_grad_norm_(self.params, limit))
 
     def _record(self, interval: dict[str, torch.Tensor], steps: int, lr: float, elapsed: float) -> dict[str, Any]:
         names = sorted(interval)
@@ -433,33 +459,52 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
     def _save_checkpoint(self) -> None:
-        """Collective: gathers every rank's RNG state and weight fingerprint; rank 0 writes."""
+        """Collective: gathers every rank's RNG state and weight fingerprint; rank 0 writes (in a
+        sharded run every rank writes its slices)."""
         env = self.env
         rngs = distributed.gather_objects(env, rng.capture())
-        prints = distributed.gather_objects(env, weights_fingerprint(self.model))
-        if any(not torch.equal(prints[0], p) for p in prints[1:]):
-            raise DivergedRanksError(
-                f"step {self.step}: DDP ranks hold different weights; refusing to checkpoint. "
-                "This is a bug in gradient synchronisation (or a model that updates parameters outside backward)"
-            )
+        prints = None
+        if not self.sharded:  # sharded ranks hold different slices by design
+            prints = distributed.gather_objects(env, weights_fingerprint(self.model))
+            if any(not torch.equal(prints[0], p) for p in prints[1:]):
+                raise DivergedRanksError(
+                    f"step {self.step}: DDP ranks hold different weights; refusing to checkpoint. "
+                    "This is a bug in gradient synchronisation (or a model that updates parameters outside backward)"
+                )
         figures, protect = self.guard.before_save(self.step, self.params)  # raises on a state unfit to save
-        path = None
+        state = None
         if env.is_main:
             state = {
                 "step": self.step,
-                "optimizer": self.optimizer.state_dict(),
                 "lr_schedule": self.lr_schedule.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "data": batches.position(self.consumed, self.dataset_len),
                 "rng": rngs,
                 "ema": {"updates": self.ema.updates, "decay": self.ema.decay, "warmup": self.ema.warmup},
                 "world_size": env.world_size,
-                "rank_fingerprints": prints,
+                "strategy": self.cfg.strategy,
                 "spec": self.loaded.raw,
                 "versions": self.versions,
                 "health": figures,
                 "health_guard": self.guard.state_dict(),
             }
+        path = None
+        if self.sharded:
+            path = str(
+                sharded_checkpoint.save(
+                    self.run_dir.root,
+                    self.step,
+                    env,
+                    self.model,
+                    self.ema.module,
+                    self.optimizer,
+                    state,
+                    self.cfg.keep_ckpts,
+                    protect,
+                )
+            )
+        elif env.is_main:
+            state.update(optimizer=self.optimizer.state_dict(), rank_fingerprints=prints)
             path = str(
                 checkpoint.save_checkpoint(
                     self.run_dir.root,
@@ -476,8 +521,9 @@ class Trainer:
         distributed.barrier(env)
 
     def _sample(self) -> None:
-        """Rank 0: a fixed-noise grid from the EMA weights into samples/ and the sinks."""
-        if not self.env.is_main:
+        """Rank 0: a fixed-noise grid from the EMA weights into samples/ and the sinks. In a sharded
+        run every rank generates the same images (each block's EMA weights are gathered collectively)."""
+        if not (self.env.is_main or self.sharded):
             return
         images = sample_images(
             self.ema.module,
@@ -490,6 +536,8 @@ class Trainer:
             steps=self.cfg.sample_steps or None,
             autocast=self.precision.autocast,
         )
+        if not self.env.is_main:
+            return
         path = self.run_dir.sample_grid(self.step)
         grid = save_grid(images, path)
         self.reporter.image(self.step, "samples", grid)
