@@ -149,6 +149,80 @@ def test_sharded_checkpoint_exports_to_safetensors_and_samples(two_ranks, tmp_pa
         assert (tmp_path / "a" / f"{i:06d}.png").read_bytes() == (tmp_path / "b" / f"{i:06d}.png").read_bytes()
 
 
+# --------------------------------------------------------------------------- reliability of sharded checkpoints
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock"))
+    return to
+
+
+def test_sharded_checkpoints_record_health_and_verify(two_ranks, tmp_path):
+    from madkit.engine.checkpoint_verify import CorruptCheckpointError, verify_checkpoint
+    from madkit.engine.health import newest_healthy, recorded_health
+
+    ckpt = step_dir(two_ranks, 3)
+    verify_checkpoint(ckpt)
+    record = recorded_health(ckpt)
+    whole = read_full(ckpt, "model")
+    # the max |weight| of the slices, reduced over both ranks, is the whole model's
+    assert record["passed"] and record["max_abs_weight"] == max(float(t.abs().max()) for t in whole.values())
+    assert newest_healthy(two_ranks) == ckpt
+    garbage = copy_run(two_ranks, tmp_path / "run")
+    metadata = step_dir(garbage, 3) / checkpoint.SHARDED_DIR / ".metadata"
+    metadata.write_bytes(os.urandom(metadata.stat().st_size))
+    with pytest.raises(CorruptCheckpointError, match=f"{metadata}: damaged"):
+        verify_checkpoint(step_dir(garbage, 3))
+
+
+def test_a_damaged_sharded_checkpoint_is_skipped_and_its_step_trained_again(two_ranks, registry, tmp_path, capsys):
+    """The newest sharded checkpoint has a truncated rank file: ``sample`` falls back to step 2 with a
+    warning, and the run continues from step 2, sets step 3 aside and trains it again to the same weights."""
+    run = copy_run(two_ranks, tmp_path / "run")
+    target = step_dir(run, 3) / checkpoint.SHARDED_DIR / "__1_0.distcp"
+    target.write_bytes(target.read_bytes()[:-100])
+    capsys.readouterr()
+    assert cli(["sample", str(run), "--num", "1", "--steps", "2", "--out", str(tmp_path / "s"), "--device", "cpu"]) == 0
+    warning = capsys.readouterr().err
+    assert f"skipping checkpoint {step_dir(run, 3)}: {target}" in warning
+    assert f"using {step_dir(run, 2)} instead" in warning
+
+    again = train_here(registry, run, "train.strategy=fsdp")
+    assert again.step == 3 and [p.name for p in (run / "set-aside").iterdir()][0].endswith("-damaged")
+    for use_ema in (False, True):
+        assert_same_weights(again.checkpoint, step_dir(two_ranks, 3), use_ema)
+
+
+@pytest.mark.parametrize("how", ["free-space-check", "write-fails"])
+def test_a_full_disk_during_a_sharded_save_leaves_no_temp_folder(tmp_path, capsys, monkeypatch, how):
+    import errno
+
+    import torch.distributed.checkpoint as dcp
+
+    from madkit.engine import disk_space
+
+    if how == "free-space-check":
+        monkeypatch.setattr(disk_space, "free_bytes", lambda folder: 4096)
+    else:
+        def full(state, checkpoint_id):
+            Path(checkpoint_id).mkdir(parents=True, exist_ok=True)
+            (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(dcp, "save", full)
+    out = tmp_path / "run"
+    sets = [f"--set={s}" for s in [*COMMON, "train.strategy=fsdp"]]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli(["run", str(TINY), "--out", str(out), *sets]) == 1
+    finally:
+        torch.set_num_threads(before)
+    line = capsys.readouterr().err.strip().splitlines()[0]
+    assert "disk full" in line and "no checkpoint had been written yet" in line and "Traceback" not in line
+    assert [p.name for p in (out / checkpoint.CHECKPOINTS).iterdir()] == []  # no temp folder, no checkpoint
+
+
 def test_strategy_spec_problems(registry):
     from madkit.spec import SpecError
 
