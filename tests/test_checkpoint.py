@@ -206,8 +206,15 @@ def test_sigkill_never_leaves_an_unloadable_latest_checkpoint(tmp_path, registry
     wait()
     assert exitcode() == 0, f"seed {seed}"
     assert ckpt.latest_checkpoint(out).name == f"{steps:08d}"
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, steps + 1))
+    killed_metrics = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in killed_metrics] == list(range(1, steps + 1))  # every step logged once
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    # and bit-exact: the killed and resumed run ends where an uninterrupted one does
+    straight = train(fakes.load(spec, registry), registry, tmp_path / "straight")
+    for name in (ckpt.MODEL_FILE, ckpt.EMA_FILE):
+        a, b = load_file(straight.checkpoint / name), load_file(ckpt.latest_checkpoint(out) / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} (seed {seed})"
+    assert [r["loss"] for r in killed_metrics] == [r["loss"] for r in read_metrics(straight.run_dir / "metrics.jsonl")]
 
 
 def test_running_a_finished_run_again_changes_nothing(tmp_path, registry):
