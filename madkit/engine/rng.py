@@ -2,10 +2,10 @@
 
 Randomness the trainer controls never flows through one long-lived generator: each use gets a
 fresh generator seeded from (spec seed, purpose, coordinates), e.g. ("loss", step, example index
-in the global batch; ``indexed_generators`` makes a step's worth at once). That makes a resumed run draw exactly what an uninterrupted run would, makes
-the draws independent of how a batch is split into ranks and micro-batches, and makes sample grids
-use the same noise at every step. The global RNGs (which plugins may use,
-e.g. for dropout or augmentation) are captured into checkpoints as plain tensors and ints, so
+in the global batch; ``indexed_generators`` makes a step's worth at once). That makes a resumed run
+draw exactly what an uninterrupted run would, makes the draws independent of how a batch is split
+into ranks and micro-batches, and makes sample grids use the same noise at every step. The global
+RNGs (which plugins may use, e.g. for dropout or augmentation) are captured into checkpoints as plain tensors and ints, so
 ``torch.load(weights_only=True)`` reads them back.
 """
 
