@@ -157,3 +157,12 @@ def test_an_eval_record_that_is_not_json_of_a_record_is_ignored(tmp_path, regist
     (run / "config.resolved.toml").write_text('name = "r"\n')
     (run / "eval" / "notes.json").write_text(json.dumps({"todo": "compare with the paper"}))
     assert cli.main(["report", str(run)]) == 0
+
+
+def test_an_unreachable_hub_id_for_init_from_is_named(tmp_path, registry, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the id is looked up in the (empty) hub cache only
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    spec = fakes.write_spec(tmp_path, train={"steps": 1, "init_from": "nobody/no-such-model"}, log={"sinks": []})
+    line = one_line_exit_2(capsys, "run", spec, "--out", tmp_path / "run")
+    assert line.startswith("madkit run: nobody/no-such-model: ")
+    assert not (tmp_path / "run").exists()
