@@ -5,8 +5,9 @@
     ~/.cache/madkit                 otherwise
 
 Subfolders: ``openmoji/`` (rendered emoji), ``latents/`` (the latent cache of runs whose
-``train.latent_cache`` is ``auto``), ``extractors/`` (proxy feature extractors). Everything in it
-may be deleted at any time; it is rebuilt on demand.
+``train.latent_cache`` is ``auto``), ``extractors/`` (proxy feature extractors), ``inductor/``
+(torch.compile's compiled graphs and kernels, unless ``TORCHINDUCTOR_CACHE_DIR`` is set). Everything
+in it may be deleted at any time; it is rebuilt on demand.
 """
 
 from __future__ import annotations

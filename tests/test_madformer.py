@@ -113,10 +113,13 @@ def test_flex_and_sdpa_backends_agree_on_cpu_forward(overrides):
 
 def test_full_plan_masks_never_leave_a_query_without_keys():
     model = build("tiles", conditioning="class", num_classes=3)
-    plan = FullPlan(model.layout(masks.CLEAN, [0, 1, 2]), model.layout(masks.NOISED, [0, 1, 2, 3]))
+    clean = FullPlan(model.layout(masks.CLEAN, [0, 1, 2]), model.layout(masks.NOISED, [0]))
+    layout = FullPlan(model.layout(masks.CLEAN, [0, 1, 2]), model.layout(masks.NOISED, [0, 1, 2, 3]))
     for pattern in ("skip-causal", "intra-block"):
-        _, mask = plan.mask(pattern, torch.device("cpu"), with_clean=True)
-        assert mask.any(dim=1).all()
+        streams = torch.cat([model.context_layout().streams, layout.clean.streams, layout.noised.streams])
+        blocks = torch.cat([model.context_layout().blocks, layout.clean.blocks, layout.noised.blocks])
+        assert masks.dense_mask(pattern, streams, blocks).any(dim=1).all()
+    assert clean.clean.length == 3 * model.B
 
 
 def test_unet_embedder_round_trip_shapes_and_rectangular_requirement():
@@ -232,3 +235,5 @@ def test_closed_form_attention_pairs_match_the_mask(pattern, c):
                 sizes += [B] * (hi - lo)
                 expected = mask_pairs(pattern, streams, blocks, sizes)
                 assert attention_pairs(pattern, B, c, tc, lo, hi, with_clean) == expected, (T, lo, hi, with_clean)
+                keys_only = mask_pairs(pattern, streams, blocks, sizes, noised_queries_only=True)
+                assert attention_pairs(pattern, B, c, tc, lo, hi, with_clean, clean_queries=False) == keys_only

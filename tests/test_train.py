@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
+import os
 import subprocess
 import tomllib
 
@@ -96,6 +98,52 @@ def test_only_linear_and_conv_weights_decay():
     opt = build_optimizer(_Mixed(), TrainConfig(weight_decay=0.1, betas=(0.9, 0.95)))
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_adamw_is_fused_where_torch_has_it_and_its_state_loads_either_way():
+    from madkit.engine.optim import fused_adamw_available, load_optimizer_state
+
+    cfg = TrainConfig(weight_decay=0.1, lr=1e-2)
+    torch.manual_seed(0)
+    model = _Mixed()
+    opt = build_optimizer(model, cfg)
+    assert bool(opt.defaults["fused"]) == fused_adamw_available(list(model.parameters()))
+
+    def steps(optimizer, net, n):
+        for i in range(n):
+            net.zero_grad()
+            (net.lin(torch.full((2, 4), float(i))).square().sum() + net.token.square().sum()).backward()
+            optimizer.step()
+
+    steps(opt, model, 2)
+    state = opt.state_dict()
+    # the same run continued by a fused and by a foreach optimizer from that state
+    results = []
+    for fused in (True, False):
+        net = copy.deepcopy(model)
+        groups = [{"params": g["params"]} for g in build_optimizer(net, cfg).param_groups]
+        other = torch.optim.AdamW(groups, lr=1e-2, fused=fused or None, foreach=not fused or None)
+        load_optimizer_state(other, copy.deepcopy(state))  # loading shares tensors that steps then change
+        assert all(bool(g["fused"]) == fused for g in other.param_groups)  # its own implementation stays
+        steps(other, net, 2)
+        results.append(net.lin.weight.detach())
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+    model.token.requires_grad_(False)  # a parameter frozen since the state was written
+    with pytest.raises(ValueError, match="set of trained parameters changed.*train.init_from"):
+        load_optimizer_state(build_optimizer(model, cfg), copy.deepcopy(state))
+
+
+def test_compiled_artifacts_are_kept_in_madkits_cache(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from madkit.engine.model_setup import compile_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what inductor sets on import
+    monkeypatch.setenv("MADKIT_CACHE_DIR", str(tmp_path))
+    assert compile_cache_dir() == tmp_path / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")  # what inductor reads
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == tmp_path / "mine"  # the user's choice wins
 
 
 # --------------------------------------------------------------------------- EMA

@@ -8,9 +8,13 @@ stays reachable for saving, the EMA and sampling, so its parameter names never c
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from madkit.cache import cache_root
 from madkit.errors import ConfigError
 from madkit.interfaces import GenerativeModel, NoiseSchedule
 
@@ -69,8 +73,39 @@ def compile_targets(model: nn.Module) -> list[nn.Module]:
     return found or [model]
 
 
+def compile_cache_dir() -> Path:
+    """Where torch.compile keeps what it built, so the next run of the same model loads it instead of
+    compiling again (inductor's FX graph and AOTAutograd caches, and the generated kernels):
+    ``$TORCHINDUCTOR_CACHE_DIR`` when the user set it, else ``inductor/`` in madkit's cache folder
+    (``madkit.cache``) rather than inductor's default under /tmp, which a reboot empties."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and not _inductor_default(chosen):
+        return Path(chosen)
+    path = cache_root() / "inductor"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # inductor reads it whenever it needs the folder
+    try:  # and forgets any folder it resolved before (importing diffusers already makes it do so)
+        from torch._inductor.utils import clear_caches
+    except ImportError:
+        return path
+    clear_caches()
+    return path
+
+
+def _inductor_default(path: str) -> bool:
+    """Whether ``path`` is the folder inductor chose itself (it writes its choice into the environment)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return False
+    return os.path.abspath(path) == os.path.abspath(default_cache_dir())
+
+
 def compile_blocks(model: nn.Module) -> int:
-    """``Module.compile()`` each target in place (names stay free of ``_orig_mod``); returns how many."""
+    """``Module.compile()`` each target in place (names stay free of ``_orig_mod``); returns how many.
+
+    Regional compilation: each block is one graph (forward and backward), identical blocks share it,
+    and compiled artifacts persist across runs in ``compile_cache_dir()``."""
+    compile_cache_dir()
     targets = compile_targets(model)
     for module in targets:
         module.compile()

@@ -12,8 +12,9 @@ store in checkpoints is there to say what was used, not to restore anything.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -66,10 +67,56 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.weight_decay, "name": "decay"},
         {"params": exempt, "weight_decay": 0.0, "name": "no_decay"},
     ]
-    params = decay + exempt
-    # the fused kernel updates every tensor in one launch; it needs all parameters on CUDA
-    fused = all(p.is_cuda for p in params) and torch.cuda.is_available()
+    fused = fused_adamw_available(decay + exempt)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
+
+
+def fused_adamw_available(params: list[nn.Parameter]) -> bool:
+    """Whether torch has a fused AdamW kernel for these parameters' device: one pass over every
+    tensor instead of a chain of elementwise ops. CUDA has one since torch 2.0, the CPU since 2.4;
+    elsewhere (or on an older torch) the default foreach implementation runs. Both keep the same
+    state (exp_avg, exp_avg_sq, step), so a checkpoint's optimizer state loads into either."""
+    devices = {p.device.type for p in params}
+    if len(devices) != 1 or not all(p.is_floating_point() for p in params):
+        return False
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # not in this torch: only CUDA is known to have the kernel
+        return devices == {"cuda"}
+    if devices == {"cpu"} and tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 4):
+        return False
+    return devices <= set(_get_fused_kernels_supported_devices())
+
+
+def check_trained_set(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Refuse a whole checkpoint's optimizer state written for another set of trained parameters."""
+    saved = [len(g["params"]) for g in state["param_groups"]]
+    trained = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != trained:
+        raise ValueError(
+            f"the checkpoint's optimizer state covers {sum(saved)} trained parameter tensors {saved} but this model "
+            f"trains {sum(trained)} {trained}: the set of trained parameters changed since it was written (a newer "
+            "madkit freezes parameters no computation reaches); start a new run from its weights with "
+            "train.init_from = <that run folder>"
+        )
+
+
+@contextlib.contextmanager
+def keeping_implementation(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Load a checkpoint's optimizer state inside this block but keep this optimizer's implementation:
+    a state saved by a fused AdamW (on a GPU, or a torch with a CPU kernel) carries ``fused=True`` in
+    its groups, which would otherwise ask for a kernel this device or torch may not have."""
+    implementation = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable") if k in optimizer.defaults}
+    yield
+    for group in optimizer.param_groups:
+        group.update(implementation)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Restore a whole checkpoint's optimizer state (checked, keeping this optimizer's implementation)."""
+    check_trained_set(optimizer, state)
+    with keeping_implementation(optimizer):
+        optimizer.load_state_dict(state)
 
 
 @attrs.frozen

@@ -48,10 +48,17 @@ from madkit.engine.logs import Reporter, build_sinks, memory_gb
 from madkit.engine.model_setup import (
     LossModule,
     compile_blocks,
+    compile_cache_dir,
     enable_activation_checkpointing,
     weights_fingerprint,
 )
-from madkit.engine.optim import LRSchedule, build_optimizer
+from madkit.engine.optim import (
+    LRSchedule,
+    build_optimizer,
+    check_trained_set,
+    keeping_implementation,
+    load_optimizer_state,
+)
 from madkit.engine.precision import resolve_precision
 from madkit.engine.resume_changes import check_resume
 from madkit.engine.resume_changes import describe as describe_changes
@@ -205,8 +212,11 @@ class Trainer:
             self.ema.load_state_dict(checkpoint.load_weights(self.ckpt, True, self.device), state["ema"]["updates"])
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model, self.model_kind)
+        self.compile_note = ""
         if cfg.compile:
             compile_blocks(self.model)
+            # the first step compiles (minutes on a CPU, less on a GPU); later runs load the cache
+            self.compile_note = f" | compiling blocks at the first step (cache {compile_cache_dir()})"
         self.loss_module: torch.nn.Module = LossModule(self.model, self.experiment.schedule)
         if self.sharded:
             ema = self.ema.module if self.ema is not None else None
@@ -227,13 +237,16 @@ class Trainer:
             return
         if from_shards:
             ema = self.ema.module if self.ema is not None else None
-            sharded_checkpoint.load(self.ckpt, self.model, ema, self.optimizer, collective=self.sharded)
+            with keeping_implementation(self.optimizer):
+                sharded_checkpoint.load(self.ckpt, self.model, ema, self.optimizer, collective=self.sharded)
             if self.ema is not None:
                 self.ema.updates = int(state["ema"]["updates"])
         elif self.sharded:
-            sharded_checkpoint.load_whole_optimizer(self.model, self.optimizer, state["optimizer"])
+            check_trained_set(self.optimizer, state["optimizer"])
+            with keeping_implementation(self.optimizer):
+                sharded_checkpoint.load_whole_optimizer(self.model, self.optimizer, state["optimizer"])
         else:
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(self.optimizer, state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.consumed = int(state["step"]), int(state["data"]["consumed"])
@@ -366,7 +379,7 @@ class Trainer:
             f"{self.step}, training to step {end} of {self.cfg.steps} | global batch {self.plan.global_batch} = "
             f"{self.env.world_size} rank(s) x {self.plan.accumulation} x {self.plan.micro_batch}"
             f"{f' ({self.cfg.strategy})' if self.sharded else ''} | "
-            f"{self.precision.name} on {self.device}, {self.threads} | run folder {self.run_dir.root}"
+            f"{self.precision.name} on {self.device}, {self.threads}{self.compile_note} | run folder {self.run_dir.root}"
             + (f" | {self.data.note}" if self.data.note else "")
         )
 

@@ -1,7 +1,13 @@
 """Attention plans: how one forward pass lays out its tokens and which backend computes attention.
 
 Training (and uncached generation) runs "full" passes over [clean-tower tokens ; noised-tower tokens]
-with a mask from ``masks.allowed``. Cached generation runs "clean" passes (new clean blocks attend the
+under the rule of ``masks.allowed``, with one of three backends:
+    sdpa          dense boolean masks (one SDPA call per tower's queries);
+    block-sparse  SDPA per group of query blocks over only the keys they may see (``block_sparse``):
+                  the masked work is skipped; the CPU default;
+    flex          FlexAttention block masks (compiled; tiles without an allowed pair are skipped);
+                  the CUDA default.
+Cached generation runs "clean" passes (new clean blocks attend the
 cache and themselves, then are appended to it) and "noised" passes (a noised block attends the cache,
 unless the layer is intra-block, and itself); neither needs a mask because the cache holds exactly
 the keys the rule allows.
@@ -9,12 +15,12 @@ the keys the rule allows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
-from madkit_layers import masks
+from madkit_layers import block_sparse, masks
 
 
 @dataclass
@@ -50,24 +56,102 @@ class StreamLayout:
 
 @dataclass
 class FullPlan:
-    """A masked pass over clean-tower tokens (may be empty) followed by noised-tower tokens."""
+    """A masked pass over clean-tower tokens (may be empty) followed by noised-tower tokens.
+
+    Each tower's queries attend in their own call, so nothing concatenates queries or splits outputs:
+    clean queries read only clean keys (the rule never lets them see noised ones), noised queries read
+    the clean and noised keys they may see. ``attend`` takes each tower's (q, k, v) and returns each
+    tower's output; how it computes them is the backend's business (``prepare``): masks or block
+    groups built once per (pattern, device, whether clean keys exist) and kept for every later layer
+    and step.
+    """
 
     clean: StreamLayout
     noised: StreamLayout
-    backend: str = "auto"  # auto | sdpa | flex
-    _masks: dict = field(default_factory=dict)
+    backend: str = "auto"  # auto | sdpa | block-sparse | flex
+    _prepared: dict = field(default_factory=dict)
 
-    def mask(self, pattern: str, device: torch.device, with_clean: bool):
-        key = (pattern, with_clean)
-        if key not in self._masks:
-            streams = torch.cat([self.clean.streams, self.noised.streams]) if with_clean else self.noised.streams
-            blocks = torch.cat([self.clean.blocks, self.noised.blocks]) if with_clean else self.noised.blocks
-            streams, blocks = streams.to(device), blocks.to(device)
-            if resolve_backend(self.backend, device) == "flex":
-                self._masks[key] = ("flex", masks.flex_block_mask(pattern, streams, blocks))
-            else:
-                self._masks[key] = ("sdpa", masks.dense_mask(pattern, streams, blocks))
-        return self._masks[key]
+    def attend(self, pattern: str, clean, noised):
+        """clean: (q, k, v) of the clean tower, q None when its queries are not needed, or None;
+        noised: (q, k, v); each [n, h, L, e]. Returns (clean output, None without clean queries;
+        noised output), each [n, h, L, e]."""
+        with_clean = clean is not None and clean[1].shape[2] > 0
+        return self.prepare(pattern, noised[0].device, with_clean)(clean if with_clean else None, noised)
+
+    def prepare(self, pattern: str, device: torch.device, with_clean: bool):
+        key = (pattern, str(device), with_clean)
+        if key not in self._prepared:
+            self._prepared[key] = self._build(pattern, torch.device(device), with_clean)
+        return self._prepared[key]
+
+    def _build(self, pattern: str, device: torch.device, with_clean: bool):
+        lc = self.clean.length if with_clean else 0
+        streams = torch.cat([self.clean.streams[:lc], self.noised.streams])
+        blocks = torch.cat([self.clean.blocks[:lc], self.noised.blocks])
+        rows = masks.dense_mask(pattern, streams, blocks)  # [Lc + Ln, Lc + Ln] on the CPU
+        backend = resolve_backend(self.backend, device)
+        if backend == "block-sparse":
+            clean_starts = block_sparse.segment_starts(self.clean.streams[:lc], self.clean.blocks[:lc])
+            noised_starts = block_sparse.segment_starts(self.noised.streams, self.noised.blocks)
+            return BlockSparseAttention(
+                _groups(rows[:lc], clean_starts, lc, device), _groups(rows[lc:], noised_starts, lc, device)
+            )
+        noised_reads_clean = bool(rows[lc:, :lc].any())
+        lo = 0 if noised_reads_clean else lc  # the noised call's first key
+        ids = (streams, blocks)
+        clean_mask = _backend_mask(backend, pattern, rows, ids, (0, lc), (0, lc), device) if lc else None
+        noised_mask = _backend_mask(backend, pattern, rows, ids, (lc, rows.shape[0]), (lo, rows.shape[1]), device)
+        return TwoCallAttention(clean_mask, noised_mask, noised_reads_clean)
+
+
+class TwoCallAttention:
+    """One call for the clean queries over the clean keys, one for the noised queries over the keys
+    they may read ([clean ; noised], or noised only), each under its dense or FlexAttention mask."""
+
+    def __init__(self, clean_mask, noised_mask, noised_reads_clean: bool):
+        self.clean_mask, self.noised_mask, self.noised_reads_clean = clean_mask, noised_mask, noised_reads_clean
+
+    def __call__(self, clean, noised):
+        qn, kn, vn = noised
+        out_c = None
+        if clean is not None and clean[0] is not None:
+            out_c = attend(*clean, self.clean_mask)
+        if clean is not None and self.noised_reads_clean:
+            kn, vn = torch.cat([clean[1], kn], dim=2), torch.cat([clean[2], vn], dim=2)
+        return out_c, attend(qn, kn, vn, self.noised_mask)
+
+
+class BlockSparseAttention:
+    """Per tower, groups of query blocks over only the keys they may read (``block_sparse``)."""
+
+    def __init__(self, clean_groups, noised_groups):
+        self.clean_groups, self.noised_groups = clean_groups, noised_groups
+
+    def __call__(self, clean, noised):
+        clean_kv = (clean[1], clean[2]) if clean is not None else None
+        out_c = None
+        if clean is not None and clean[0] is not None:
+            out_c = block_sparse.attend_groups(clean[0], clean_kv, None, self.clean_groups)
+        out_n = block_sparse.attend_groups(noised[0], clean_kv, (noised[1], noised[2]), self.noised_groups)
+        return out_c, out_n
+
+    def pairs(self) -> int:
+        return sum(g.pairs for g in self.clean_groups + self.noised_groups)
+
+
+def _groups(rows: torch.Tensor, starts: list[int], clean_keys: int, device: torch.device):
+    groups = block_sparse.build_groups(rows, starts, clean_keys, block_sparse.MIN_GROUP_TOKENS)
+    return [g if g.mask is None else replace(g, mask=g.mask.to(device)) for g in groups]
+
+
+def _backend_mask(backend, pattern, rows, ids, q_range, k_range, device):
+    """("sdpa", bool mask) or ("flex", BlockMask) of the queries ``q_range`` over the keys ``k_range``
+    of the token sequence whose dense mask is ``rows`` and (stream, block) ids are ``ids``."""
+    (q0, q1), (k0, k1) = q_range, k_range
+    if backend == "flex":
+        streams, blocks = (t.to(device) for t in ids)
+        return ("flex", masks.flex_block_mask(pattern, streams[q0:q1], blocks[q0:q1], streams[k0:k1], blocks[k0:k1]))
+    return ("sdpa", rows[q0:q1, k0:k1].to(device))
 
 
 @dataclass
@@ -82,8 +166,8 @@ class CachedPlan:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
-        # FlexAttention has no backward on CPU (torch 2.14); dense SDPA is also faster there.
-        return "flex" if device.type == "cuda" else "sdpa"
+        # FlexAttention has no backward on CPU; the block-sparse SDPA groups skip the masked work there
+        return "flex" if device.type == "cuda" else "block-sparse"
     return backend
 
 

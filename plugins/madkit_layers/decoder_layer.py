@@ -3,16 +3,18 @@ SwiGLU MLP, and two parameter sets ("towers") selected by stream.
 
 Notation: n batch, L tokens, d width, h heads, e head dim (d = h * e).
 
-Both streams share one attention call: queries, keys and values are computed per tower on the
-contiguous clean and noised slices, concatenated along the sequence, attended under the mask, and
-split back. ``shared_towers`` uses one parameter set for both (the paper's ablation).
+Queries, keys and values are computed per tower on its own stream; the plan attends each tower's
+queries to the keys the mask lets them read (``FullPlan.attend``), so nothing is concatenated along the
+sequence or split back. Heads stay in [n, L, h, e] memory from the qkv projection to the output
+projection: q and k are normed and rotated in that layout, SDPA keeps it for its output, and the
+output projection reads it as [n, L, d] without a copy. ``shared_towers`` uses one parameter set for
+both (the paper's ablation).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from madkit.interfaces import apply_rotary
@@ -45,15 +47,30 @@ class Tower(nn.Module):
         self.down = nn.Linear(mlp_hidden, width, bias=False)
 
     def qkv_heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x [n, L, d] -> q, k, v [n, h, L, e] with qk-norm and RoPE applied."""
-        q, k, v = rearrange(self.qkv(self.attn_norm(x)), "n l (three h e) -> three n h l e", three=3, h=self.heads)
-        q = apply_rotary(self.q_norm(q), cos, sin, self.rotate)
-        k = apply_rotary(self.k_norm(k), cos, sin, self.rotate)
-        return q, k, v
+        """x [n, L, d], cos/sin [L, e] -> q, k, v [n, h, L, e] (memory [n, L, h, e]) with qk-norm and RoPE."""
+        q, k, v = self._heads(self.qkv(self.attn_norm(x)), 3)
+        return self._rotated(self.q_norm(q), cos, sin), self._rotated(self.k_norm(k), cos, sin), v.transpose(1, 2)
+
+    def kv_heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Keys and values only, from the k/v rows of the qkv projection: for a layer whose queries of
+        this tower nobody reads (the last layer whose clean keys are read)."""
+        d = self.qkv.in_features
+        kv = F.linear(self.attn_norm(x), self.qkv.weight[d:], self.qkv.bias[d:])
+        k, v = self._heads(kv, 2)
+        return self._rotated(self.k_norm(k), cos, sin), v.transpose(1, 2)
+
+    def _heads(self, projected: torch.Tensor, parts: int):
+        """[n, L, parts * d] -> parts views [n, L, h, e]."""
+        return projected.unflatten(-1, (parts, self.heads, -1)).unbind(dim=2)
+
+    def _rotated(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """RoPE on [n, L, h, e] (cos/sin [L, e], broadcast over heads) -> [n, h, L, e] view."""
+        return apply_rotary(x, cos.unsqueeze(1), sin.unsqueeze(1), self.rotate).transpose(1, 2)
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Residual attention output, then the residual SwiGLU MLP. attn [n, h, L, e]."""
-        x = x + self.out(rearrange(attn, "n h l e -> n l (h e)"))
+        """Residual attention output, then the residual SwiGLU MLP. attn [n, h, L, e]; a view of
+        [n, L, h, e] memory (what SDPA returns for ``qkv_heads``' queries) is read without a copy."""
+        x = x + self.out(attn.transpose(1, 2).flatten(2))
         y = self.mlp_norm(x)
         return x + self.down(F.silu(self.gate(y)) * self.up(y))
 
@@ -82,7 +99,7 @@ class DecoderLayer(nn.Module):
         self.noised = self.clean if shared_towers else Tower(width, heads, mlp_hidden, **tower)
 
     # Set by the model: False in the last layer whose clean keys are read. Its clean output would feed
-    # nobody, so only the clean keys/values are computed there.
+    # nobody, so only the clean keys/values are computed there (no clean queries, no clean attention).
     clean_output_needed: bool = True
 
     def dead_clean_parameters(self) -> list[nn.Parameter]:
@@ -90,7 +107,7 @@ class DecoderLayer(nn.Module):
         if self.clean is self.noised or self.clean_output_needed:
             return []
         t = self.clean
-        return [p for m in (t.out, t.mlp_norm, t.gate, t.up, t.down) for p in m.parameters()]
+        return [p for m in (t.q_norm, t.out, t.mlp_norm, t.gate, t.up, t.down) for p in m.parameters()]
 
     @property
     def attends_clean(self) -> bool:
@@ -104,28 +121,25 @@ class DecoderLayer(nn.Module):
         return self._cached(xc, xn, plan)
 
     def _full(self, xc, xn, plan: FullPlan):
-        with_clean = xc is not None and xc.shape[1] > 0
-        qn, kn, vn = self.noised.qkv_heads(xn, plan.noised.cos, plan.noised.sin)
-        if with_clean:
-            qc, kc, vc = self.clean.qkv_heads(xc, plan.clean.cos, plan.clean.sin)
-            q, k, v = (torch.cat(pair, dim=2) for pair in ((qc, qn), (kc, kn), (vc, vn)))
-        else:
-            q, k, v = qn, kn, vn
-        out = attend(q, k, v, plan.mask(self.pattern, xn.device, with_clean))
-        if not with_clean:
-            return xc, self.noised.finish(xn, out)
-        lc = xc.shape[1]
-        xc = self.clean.finish(xc, out[:, :, :lc]) if self.clean_output_needed else None
-        return xc, self.noised.finish(xn, out[:, :, lc:])
+        noised = self.noised.qkv_heads(xn, plan.noised.cos, plan.noised.sin)
+        if xc is None or xc.shape[1] == 0:
+            return xc, self.noised.finish(xn, plan.attend(self.pattern, None, noised)[1])
+        cos, sin = plan.clean.cos, plan.clean.sin
+        if not self.clean_output_needed:
+            out_n = plan.attend(self.pattern, (None, *self.clean.kv_heads(xc, cos, sin)), noised)[1]
+            return None, self.noised.finish(xn, out_n)
+        out_c, out_n = plan.attend(self.pattern, self.clean.qkv_heads(xc, cos, sin), noised)
+        return self.clean.finish(xc, out_c), self.noised.finish(xn, out_n)
 
     def _cached(self, xc, xn, plan: CachedPlan):
         cache = plan.caches[self._index]
         lay = plan.layout
         if plan.stream == "clean":
+            if not self.clean_output_needed:
+                cache.append(*self.clean.kv_heads(xc, lay.cos, lay.sin))
+                return None, xn
             q, k, v = self.clean.qkv_heads(xc, lay.cos, lay.sin)
             cache.append(k, v)
-            if not self.clean_output_needed:
-                return None, xn
             keys, values = cache.k, cache.v
             return self.clean.finish(xc, attend(q, keys, values)), xn
         q, k, v = self.noised.qkv_heads(xn, lay.cos, lay.sin)

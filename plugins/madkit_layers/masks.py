@@ -43,15 +43,19 @@ def dense_mask(pattern: str, streams: torch.Tensor, blocks: torch.Tensor) -> tor
     return allowed(pattern, streams[:, None], blocks[:, None], streams[None, :], blocks[None, :])
 
 
-def flex_block_mask(pattern: str, streams: torch.Tensor, blocks: torch.Tensor, batch_heads=(None, None)):
-    """A FlexAttention BlockMask for the same rule (CUDA); skipped tiles cost nothing."""
+def flex_block_mask(pattern: str, streams, blocks, key_streams=None, key_blocks=None, batch_heads=(None, None)):
+    """A FlexAttention BlockMask for the same rule (CUDA); skipped tiles cost nothing. Queries carry
+    ``streams``/``blocks``, keys ``key_streams``/``key_blocks`` (default: the same tokens)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def mask_mod(b, h, q, k):
-        return allowed(pattern, streams[q], blocks[q], streams[k], blocks[k])
+    key_streams = streams if key_streams is None else key_streams
+    key_blocks = blocks if key_blocks is None else key_blocks
 
-    L = streams.numel()
-    return create_block_mask(mask_mod, batch_heads[0], batch_heads[1], L, L, device=streams.device)
+    def mask_mod(b, h, q, k):
+        return allowed(pattern, streams[q], blocks[q], key_streams[k], key_blocks[k])
+
+    lq, lk = streams.numel(), key_streams.numel()
+    return create_block_mask(mask_mod, batch_heads[0], batch_heads[1], lq, lk, device=streams.device)
 
 
 def allowed_fraction(pattern: str, streams: torch.Tensor, blocks: torch.Tensor) -> float:

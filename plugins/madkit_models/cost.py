@@ -24,14 +24,17 @@ def linear_flops_per_token(module: torch.nn.Module) -> int:
     return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
-def attention_pairs(pattern: str, B: int, c: int, tc: int, lo: int, hi: int, with_clean: bool) -> int:
-    """Allowed (query, key) pairs of one layer over the sequence described in the module docstring."""
+def attention_pairs(
+    pattern: str, B: int, c: int, tc: int, lo: int, hi: int, with_clean: bool, clean_queries: bool = True
+) -> int:
+    """Allowed (query, key) pairs of one layer over the sequence described in the module docstring;
+    ``clean_queries`` False: the clean tokens are keys only (the last layer whose clean keys are read)."""
     if pattern == "none":
         return 0
     n = hi - lo
     c_, tc_ = (c, tc) if with_clean else (0, 0)
     # context queries see the context; clean block a sees the context and clean blocks <= a
-    clean_side = c_ * c_ + B * c_ * tc_ + B * B * tc_ * (tc_ + 1) // 2
+    clean_side = c_ * c_ + B * c_ * tc_ + B * B * tc_ * (tc_ + 1) // 2 if clean_queries else 0
     if pattern == "intra-block":
         return clean_side + n * B * B
     if pattern == "skip-causal":
@@ -40,14 +43,16 @@ def attention_pairs(pattern: str, B: int, c: int, tc: int, lo: int, hi: int, wit
         return clean_side + B * c_ * n + B * B * sum_j + n * B * B
     if pattern == "causal":
         # one stream: noised block j sees the context and noised blocks lo..j
-        return c_ * c_ + B * c_ * n + B * B * n * (n + 1) // 2
+        return (c_ * c_ if clean_queries else 0) + B * c_ * n + B * B * n * (n + 1) // 2
     raise ValueError(f"unknown attention pattern {pattern!r}")
 
 
-def mask_pairs(pattern: str, streams: list[int], blocks: list[int], sizes: list[int]) -> int:
+def mask_pairs(pattern: str, streams: list[int], blocks: list[int], sizes: list[int], noised_queries_only=False) -> int:
     """The same count from the mask rule itself, over segments (for cross-checks and small layouts)."""
     s, b, n = torch.tensor(streams), torch.tensor(blocks), torch.tensor(sizes)
     ok = allowed(pattern, s[:, None], b[:, None], s[None, :], b[None, :])
+    if noised_queries_only:
+        ok &= (s == NOISED)[:, None]
     return int((ok.long() * n[:, None] * n[None, :]).sum())
 
 
@@ -60,12 +65,8 @@ class CostModel:
         self.c = 1 if model.has_context else 0
         self.n_ar = model.first_diffusion
         self.noised = [linear_flops_per_token(getattr(layer, "noised", layer)) for layer in model.layers]
-        self.clean = [
-            linear_flops_per_token(layer.clean if layer.clean_output_needed else layer.clean.qkv)
-            if hasattr(layer, "clean")
-            else 0
-            for layer in model.layers
-        ]
+        self.clean = [_clean_flops_per_token(layer) for layer in model.layers]
+        self.clean_queries = [getattr(layer, "clean_output_needed", False) for layer in model.layers]
         self.patterns = [layer.pattern for layer in model.layers]
         self.embed = self._embedder_flops(unembed=False)
         self.embed_unembed = self._embedder_flops(unembed=True)
@@ -85,10 +86,19 @@ class CostModel:
 
     def layer(self, i: int, tc: int, lo: int, hi: int) -> int:
         """FLOPs of layer i over context + clean 0..tc-1 (if it runs them) + noised lo..hi-1."""
+        clean_tokens = (self.c + tc * self.B) if i <= self.m.last_clean_layer else 0
+        return self.noised[i] * (hi - lo) * self.B + self.clean[i] * clean_tokens + self.attention(i, tc, lo, hi)
+
+    def attention(self, i: int, tc: int, lo: int, hi: int) -> int:
+        """Attention FLOPs of layer i over the same sequence: only the pairs the mask allows."""
         with_clean = i <= self.m.last_clean_layer
-        clean_tokens = (self.c + tc * self.B) if with_clean else 0
-        pairs = attention_pairs(self.patterns[i], self.B, self.c, tc, lo, hi, with_clean)
-        return self.noised[i] * (hi - lo) * self.B + self.clean[i] * clean_tokens + 4 * self.d * pairs
+        pairs = attention_pairs(self.patterns[i], self.B, self.c, tc, lo, hi, with_clean, self.clean_queries[i])
+        return 4 * self.d * pairs
+
+    def train_attention_forward(self) -> int:
+        """Useful attention FLOPs of one training forward pass per image."""
+        tc = 0 if self.m.single_stream else self.T - 1
+        return sum(self.attention(i, tc, 0, self.T) for i in range(len(self.patterns)))
 
     def train_forward(self) -> tuple[int, int]:
         T, B = self.T, self.B
@@ -102,8 +112,7 @@ class CostModel:
     def sample_cached(self, steps: int) -> tuple[int, int]:
         m, B, d, c = self.m, self.B, self.d, self.c
         flops = passes = 0
-        # the last clean-reading layer only computes clean keys/values: no clean attention there
-        clean_attends = [getattr(layer, "clean_output_needed", False) for layer in m.layers]
+        clean_attends = self.clean_queries  # the last clean-reading layer computes only clean keys/values
         for i in range(m.last_clean_layer + 1 if c else 0):  # the context token's clean pass, once
             flops += self.clean[i] * c + (4 * d * c * c if clean_attends[i] else 0)
         for j in range(self.T):
@@ -136,6 +145,14 @@ class CostModel:
             per_step = embeds + self.time + sum(self.layer(i, tc, lo, j + 1) for i in range(len(self.patterns)))
             flops += steps * per_step
         return flops, steps * self.T * len(self.patterns)
+
+
+def _clean_flops_per_token(layer) -> int:
+    if not hasattr(layer, "clean"):
+        return 0
+    if layer.clean_output_needed:
+        return linear_flops_per_token(layer.clean)
+    return linear_flops_per_token(layer.clean.qkv) * 2 // 3  # only the k/v rows of the projection run
 
 
 @lru_cache(maxsize=None)

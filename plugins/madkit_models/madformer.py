@@ -110,19 +110,20 @@ class MADFormer(GenerativeModel):
         return rearrange(grid, "n (c p q) h w -> n c (h p) (w q)", p=self.cell, q=self.cell)
 
     def layout(self, stream: int, block_ids: list[int]) -> StreamLayout:
-        """Stream/block ids and RoPE tables of the given blocks, block-major."""
-        dev = self.rope_cos.device
-        ids = torch.tensor(block_ids, dtype=torch.long, device=dev)
+        """Stream/block ids (on the CPU: plans are derived from their values) and RoPE tables (on the
+        model's device) of the given blocks, block-major."""
+        ids = torch.tensor(block_ids, dtype=torch.long)
+        table = ids.to(self.rope_cos.device)
         return StreamLayout(
-            streams=torch.full((len(block_ids) * self.B,), stream, dtype=torch.long, device=dev),
+            streams=torch.full((len(block_ids) * self.B,), stream, dtype=torch.long),
             blocks=ids.repeat_interleave(self.B),
-            cos=self.rope_cos[ids].flatten(0, 1),
-            sin=self.rope_sin[ids].flatten(0, 1),
+            cos=self.rope_cos[table].flatten(0, 1),
+            sin=self.rope_sin[table].flatten(0, 1),
         )
 
     def context_layout(self) -> StreamLayout:
         dev, hd = self.rope_cos.device, self.rope_cos.shape[-1]
-        zero = torch.zeros(1, dtype=torch.long, device=dev)
+        zero = torch.zeros(1, dtype=torch.long)
         # the context token sits at no grid position: angle 0 (identity rotation)
         return StreamLayout(zero + CONTEXT, zero - 1, torch.ones(1, hd, device=dev), torch.zeros(1, hd, device=dev))
 
@@ -171,17 +172,10 @@ class MADFormer(GenerativeModel):
         """
         n, tn = noised_in.shape[:2]
         tc = 0 if self.single_stream else clean_tokens.shape[1]
-        parts, layouts = [], []
-        if ctx is not None:
-            parts.append(ctx)
-            layouts.append(self.context_layout())
-        if tc:
-            parts.append(clean_tokens.flatten(1, 2))
-            layouts.append(self.layout(CLEAN, list(range(tc))))
+        parts = ([ctx] if ctx is not None else []) + ([clean_tokens.flatten(1, 2)] if tc else [])
         # the residual streams stay fp32 under autocast: only the matmuls run in bf16
         xc = full_precision(torch.cat(parts, dim=1)) if parts else None
-        clean_layout = _concat_layouts(layouts) if layouts else _empty_layout(self.rope_cos)
-        plan = self._full_plan(clean_layout, noised_ids, ctx is not None, tc)
+        plan = self._full_plan(noised_ids, ctx is not None, tc)
         xn = full_precision(noised_in.flatten(1, 2))
         cond = adaln = None
         for i, layer in enumerate(self.layers):
@@ -197,16 +191,33 @@ class MADFormer(GenerativeModel):
                 xc, xn = layer(xc_in, xn, plan, adaln)
         return xn.unflatten(1, (tn, self.B)), cond.unflatten(1, (tn, self.B))
 
-    def _full_plan(self, clean_layout: StreamLayout, noised_ids: list[int], has_ctx: bool, tc: int) -> FullPlan:
-        """Plans (and the masks they build) are reused while the layout repeats: every training step
-        has the same one, and building a FlexAttention block mask over ~8k tokens is not free."""
-        key = (tc, tuple(noised_ids), has_ctx, str(self.rope_cos.device))
+    def _full_plan(self, noised_ids: list[int], has_ctx: bool, tc: int) -> FullPlan:
+        """The plan of a pass over [context?, clean blocks 0..tc-1 ; noised blocks ``noised_ids``], with
+        its layouts, masks and block groups, built once and reused while the layout repeats: every
+        training step has the same one, and a FlexAttention block mask over ~8k tokens is not free."""
+        key = (tc, tuple(noised_ids), has_ctx, str(self.rope_cos.device), self.cfg.attention)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= 64:  # uncached generation walks through T layouts
                 self._plans.clear()
-            plan = self._plans[key] = FullPlan(clean_layout, self.layout(NOISED, noised_ids), self.cfg.attention)
+            layouts = [self.context_layout()] if has_ctx else []
+            layouts += [self.layout(CLEAN, list(range(tc)))] if tc else []
+            clean = _concat_layouts(layouts) if layouts else _empty_layout(self.rope_cos)
+            plan = self._plans[key] = FullPlan(clean, self.layout(NOISED, noised_ids), self.cfg.attention)
+            self._prepare_attention(plan, has_ctx or tc > 0)
         return plan
+
+    def training_plan(self) -> FullPlan:
+        """The plan a training pass uses (its layouts, masks and block groups)."""
+        tc = 0 if self.single_stream else self.T - 1
+        return self._full_plan(list(range(self.T)), self.has_context, tc)
+
+    def _prepare_attention(self, plan: FullPlan, has_clean: bool) -> None:
+        """Build every layer's attention (masks, block groups) before the layers run: a compiled layer
+        then only reads them, instead of tracing their construction and breaking its graph."""
+        for i, layer in enumerate(self.layers):
+            if getattr(layer, "pattern", "none") != "none":
+                plan.prepare(layer.pattern, self.rope_cos.device, has_clean and i <= self.last_clean_layer)
 
     def adaln_condition(self, cond: torch.Tensor, mt: torch.Tensor) -> torch.Tensor | None:
         """cond [n, L, d] + timestep embedding per token, for attention-free (mlp) layers only."""
@@ -294,5 +305,5 @@ def _concat_layouts(layouts: list[StreamLayout]) -> StreamLayout:
 
 def _empty_layout(like: torch.Tensor) -> StreamLayout:
     hd, dev = like.shape[-1], like.device
-    empty = torch.zeros(0, dtype=torch.long, device=dev)
+    empty = torch.zeros(0, dtype=torch.long)
     return StreamLayout(empty, empty, torch.zeros(0, hd, device=dev), torch.zeros(0, hd, device=dev))

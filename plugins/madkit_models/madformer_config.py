@@ -45,7 +45,10 @@ class MadformerConfig:
     conditioning: str = attrs.field(default="none", validator=one_of("none", "class"))
     label_dropout: float = attrs.field(default=0.1, validator=non_negative)
     clean_timestep: str = attrs.field(default="zero", validator=one_of(*CLEAN_TIMESTEPS))
-    attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "flex"))
+    # training attention backend: "auto" (flex on CUDA, block-sparse elsewhere), "block-sparse" (SDPA per
+    # group of query blocks over only the keys they may see), "flex" (FlexAttention block masks; no
+    # backward on the CPU) or "sdpa" (dense boolean masks)
+    attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "block-sparse", "flex"))
     # legacy key (specs stored before [model.rope] existed): the theta of the default axial RoPE
     rope_theta: float | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
     init_std: float = attrs.field(default=0.02, validator=positive)
