@@ -242,7 +242,7 @@ def generate_blocks(
     device = model.boi.device
     n = len(generators)
     use_cfg = model.class_embed is not None and guidance != 1.0
-    ctx = model.context_tokens(labels.to(device) if labels is not None else None, drop=False)
+    ctx = model.context_tokens(labels.to(device) if labels is not None else None)
     contexts = [ctx]
     if use_cfg:
         null = model.class_embed(torch.full((n,), model.num_classes, device=device, dtype=torch.long))[:, None, :]
@@ -279,7 +279,7 @@ def generate_blocks(
 @torch.no_grad()
 def cached_teacher_forced(model, x0: torch.Tensor, xt: torch.Tensor, mt: torch.Tensor, labels=None):
     """Per-block predictions of the cached path with gold clean blocks: equals ``forward_blocks``."""
-    session = BlockwiseSession(model, model.context_tokens(labels, drop=False), x0.shape[0])
+    session = BlockwiseSession(model, model.context_tokens(labels), x0.shape[0])
     preds = []
     for j in range(model.T):
         if j > 0:
