@@ -15,6 +15,8 @@ a crash or a timeout in one still leaves the others' figures; the JSON is rewrit
   sample      Cached block-wise generation (``generate_latents``, the model's own ``generate``) of the FFHQ
               model with random weights under bf16 autocast, at 25 and 250 sampler steps: img/s of
               latents (the SD-VAE decode is not included: its weights are not on the device machine).
+              The denoising step runs as ``--denoise-step`` says (default cuda-graph: captured once per
+              block and replayed; the CPU smoke runs it eagerly, as cuda-graph does off CUDA).
   torchrun    ``torchrun --nproc_per_node=1 -m madkit run`` of the tiny spec on generated images (precision
               auto, so bf16), with ``train.strategy`` ddp, and fsdp compiled: exit status, img/s, final loss.
   pytest-gpu  ``pytest -m gpu``.
@@ -90,6 +92,8 @@ def section_sample(args, record: Callable[[str, object], None]) -> None:
     spec = load_spec(TINY_SPEC if args.cpu_smoke else FFHQ_SPEC, [], registry, check_resources=False).spec
     experiment = build_experiment(spec, registry, device=device)
     model = experiment.model.eval()
+    model.denoise_step = args.denoise_step
+    record("denoise_step", args.denoise_step)
     peak = _benchmark("train").peak_flops(args.peak_tflops)
     batch = args.sample_batch
 
@@ -353,7 +357,7 @@ def run_child(args, name: str, budget: float, result: Path) -> dict:
 
 
 def _passed_options(args) -> dict:
-    keep = ("peak_tflops", "steps", "warmup", "train_batch", "sample_batch", "torchrun_steps")
+    keep = ("peak_tflops", "steps", "warmup", "train_batch", "sample_batch", "denoise_step", "torchrun_steps")
     options = {k: getattr(args, k) for k in keep}
     options["sample_steps"] = ",".join(str(s) for s in args.sample_steps)
     return {k: v for k, v in options.items() if v is not None}
@@ -400,6 +404,8 @@ def summary(name: str, outcome: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from madkit_models.madformer_config import DENOISE_STEPS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", default="device_check.json", help="where to write the results")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
@@ -412,6 +418,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-batch", type=int, default=None, help="train-step: images per step (4)")
     p.add_argument("--sample-batch", type=int, default=None, help="sample: images generated together (8; smoke 2)")
     p.add_argument("--sample-steps", default=None, help="sample: comma-separated step counts (25,250; smoke 2,5)")
+    p.add_argument(
+        "--denoise-step", default="cuda-graph", choices=DENOISE_STEPS, help="sample: how a step runs (cuda-graph)"
+    )
     p.add_argument("--torchrun-steps", type=int, default=None, help="torchrun: optimizer steps (30; smoke 4)")
     # internal: one section in this process
     p.add_argument("--section", choices=list(SECTIONS), help=argparse.SUPPRESS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import statistics
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from madkit.build import build_experiment
+from madkit.engine import rng
 from madkit.engine.model_setup import compile_blocks, enable_activation_checkpointing
 from madkit.engine.optim import build_optimizer
 from madkit.experiment_spec import load_spec
@@ -65,10 +67,14 @@ def build_step(
     labels = torch.randint(0, max(1, experiment.num_classes), (batch,), device=device)
     labels = labels if experiment.num_classes else None
 
+    counter = itertools.count()
+
     def step() -> None:
+        # one generator per example, as the trainer hands them (their cost is part of a step)
+        generators = rng.indexed_generators(0, "loss", (next(counter),), range(batch), device)
         autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype else contextlib.nullcontext()
         with autocast:
-            loss = model.loss(latents, labels, experiment.schedule)["loss"]
+            loss = model.loss(latents, labels, experiment.schedule, generators)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -27,6 +27,9 @@ def interleaved(
 
     ``warmup`` untimed rounds come first (allocator, caches, lazy compilation). ``sync`` runs before
     and after each timed call (e.g. ``torch.cuda.synchronize``) so asynchronous work is counted.
+    ``clock``: wall time by default; ``time.process_time`` counts the CPU time this process used, which
+    on a machine whose cores other jobs share leaves out the time spent waiting for a core (CPU-only
+    work on one thread: with more threads it sums them).
     """
     names = list(cases)
     times: dict[str, list[float]] = {name: [] for name in names}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from madkit.errors import ConfigError, UserError
 from madkit.experiment_spec import ExperimentSpec, spec_context
 from madkit.interfaces import Codec, DataSource, GenerativeModel, NoiseSchedule, Sampler
 from madkit.registry import Registry
@@ -28,14 +30,14 @@ class Experiment:
     def data(self) -> DataSource:
         """Built on first use: sampling from a checkpoint must not need the training data."""
         if self._data is None:
-            self._data = self.spec.data.build()
+            self._data = build_part(self.registry, "data", self.spec.data)
         return self._data
 
     @property
     def codec(self) -> Codec:
         """Built on first use: counting FLOPs must not need the VAE weights."""
         if self._codec is None:
-            self._codec = self.spec.codec.build()
+            self._codec = build_part(self.registry, "codec", self.spec.codec)
         return self._codec
 
     def make_sampler(self, kind: str | None = None, **settings: Any) -> tuple[Sampler, str]:
@@ -53,8 +55,8 @@ class Experiment:
             keep = attrs.asdict(self.spec.sampler, recurse=False)
         unknown = sorted(set(settings) - names)
         if unknown:
-            raise ValueError(f"sampler {kind!r} has no setting(s) {unknown}; it has {sorted(names)}")
-        return config_cls(**{**keep, **settings}).build(schedule=self.schedule), kind
+            raise ConfigError(f"sampler {kind!r} has no setting(s) {unknown}; it has {sorted(names)}")
+        return build_part(self.registry, "sampler", config_cls(**{**keep, **settings}), schedule=self.schedule), kind
 
     def generate(
         self,
@@ -107,11 +109,45 @@ def build_experiment(spec: ExperimentSpec, registry: Registry, device: str = "cp
             "so the model can be sized without reading data"
         )
     image_shape, latent_shape = context["image_shape"], context["latent_shape"]
-    schedule = spec.schedule.build()
-    sampler = spec.sampler.build(schedule=schedule)
+    schedule = build_part(registry, "schedule", spec.schedule)
+    sampler = build_part(registry, "sampler", spec.sampler, schedule=schedule)
     with _device_context("meta" if meta else device):
-        model = spec.model.build(latent_shape=latent_shape, num_classes=context["num_classes"], registry=registry)
+        model = build_part(
+            registry, "model", spec.model, latent_shape=latent_shape, num_classes=context["num_classes"],
+            registry=registry,
+        )
     return Experiment(spec, registry, model, schedule, sampler, image_shape, latent_shape, context["num_classes"])
+
+
+class PluginBuildError(UserError):
+    """A plugin's ``config.build()`` refused the config (or failed); the message names the kind and plugin."""
+
+
+def build_part(registry: Registry | Callable[[], Registry], interface: str, config: Any, /, **runtime: Any) -> Any:
+    """``config.build(**runtime)``; a failure that is not already a ``UserError`` becomes a
+    ``PluginBuildError`` naming the spec table, the kind and the plugin that registered it.
+    ``registry`` may be a function that loads it: it is needed only to name the plugin.
+
+    A plugin's build usually raises because a value in its table cannot work here (a path, a size),
+    so the user is pointed at that table; ``--debug`` shows the plugin's own traceback.
+    """
+    try:
+        return config.build(**runtime)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise PluginBuildError(f"{describe_part(registry, interface, config)} could not be built: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+
+def describe_part(registry: Registry | Callable[[], Registry], interface: str, config: Any) -> str:
+    """"[model] kind 'madformer' (plugin models, madkit 0.1.0)", or less when the config is unregistered."""
+    try:
+        registry = registry() if callable(registry) else registry
+        reg = registry.get(interface, registry.kind_of(interface, config))
+    except (LookupError, UserError):
+        return f"[{interface}] {type(config).__name__}"
+    return f"[{interface}] kind {reg.kind!r} (plugin {reg.plugin}, {reg.distribution} {reg.version})".replace(" )", ")")
 
 
 def _device_context(device: str):

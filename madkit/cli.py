@@ -1,7 +1,18 @@
 """The ``madkit`` command line.
 
-Exit codes: 0 success, 1 runtime failure (a message, no traceback), 2 bad input (spec, arguments).
-``--debug`` anywhere on the command line shows tracebacks instead.
+One rule maps every failure of every command to an exit code and a message:
+
+- 0: success.
+- 2: a mistake the user can fix: any ``madkit.errors.UserError`` (``UsageError`` for flags,
+  ``SpecError`` for specs, ``CheckpointError``, ``DataError`` for images and shards, ``PluginError``
+  for an installation, ``MissingPackageError``, ``RunFolderBusyError`` ...). stderr gets the
+  message alone, one line that names the file, key or flag and the fix (a spec error: one line
+  per problem), never a traceback. Nothing is written before the inputs are checked.
+- 1: anything else: a runtime failure (training diverged, the disk is full, a collective timed out)
+  or a bug. stderr gets the message and a pointer to ``--debug``.
+
+New commands follow the rule by raising ``UserError`` subclasses for user mistakes; they need no
+code here. ``--debug`` anywhere on the command line shows tracebacks instead.
 """
 
 from __future__ import annotations
@@ -11,7 +22,10 @@ import importlib
 import sys
 
 import madkit
-from madkit.commands import COMMAND_MODULES, UsageError
+from madkit.commands import COMMAND_MODULES
+from madkit.errors import UserError
+
+USER_ERROR, FAILURE = 2, 1
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -34,26 +48,30 @@ def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)  # --help and --version exit here, before anything imports torch
     args.debug = debug
-    from madkit.registry import PluginError
-    from madkit.spec import SpecError
-
     try:
         return modules[args.command.replace("-", "_")].run(args)
-    except SpecError as exc:
+    except Exception as exc:
         if debug:
             raise
+        return report_failure(args.command, exc)
+
+
+def report_failure(command: str, exc: Exception) -> int:
+    """Print ``exc`` the way the exit-code rule says and return the exit code."""
+    from madkit.spec import SpecError  # imports torch: not before a command runs (--help stays fast)
+
+    if isinstance(exc, SpecError):
         for line in exc.lines:
             print(line, file=sys.stderr)
-        print(f"{len(exc.lines)} problem(s) found", file=sys.stderr)
-        return 2
-    except UsageError as exc:
-        if debug:
-            raise
-        print(f"madkit {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except (PluginError, OSError, ValueError, RuntimeError) as exc:
-        if debug:
-            raise
-        print(f"madkit {args.command}: error: {exc}", file=sys.stderr)
-        print("(run again with --debug for a traceback)", file=sys.stderr)
-        return 1
+        if len(exc.lines) > 1:
+            print(f"{len(exc.lines)} problem(s) found", file=sys.stderr)
+        return USER_ERROR
+    if isinstance(exc, UserError):
+        print(f"madkit {command}: {exc}", file=sys.stderr)
+        return USER_ERROR
+    if isinstance(exc, (OSError, RuntimeError)):  # the environment or the run itself failed
+        print(f"madkit {command}: error: {exc}", file=sys.stderr)
+    else:  # nothing madkit expects: most likely a bug, so say what it was
+        print(f"madkit {command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print("(run again with --debug for a traceback)", file=sys.stderr)
+    return FAILURE

@@ -28,6 +28,18 @@ DEFAULTS: dict[str, Any] = {
 
 
 @attrs.frozen
+class HealthConfig:
+    """The divergence guard (madkit.engine.health): what counts as unhealthy and what then happens."""
+
+    action: str = attrs.field(default="stop", validator=attrs.validators.in_(("stop", "warn")))
+    # the median loss of the last `window` steps above this multiple of its lowest median so far (0 = off)
+    loss_factor: float = attrs.field(default=4.0, validator=non_negative)
+    grad_factor: float = attrs.field(default=0.0, validator=non_negative)  # the same for the grad norm (0 = off)
+    max_weight: float = attrs.field(default=1e4, validator=non_negative)  # largest |weight| allowed (0 = off)
+    window: int = attrs.field(default=20, validator=positive)  # steps per running median
+
+
+@attrs.frozen
 class TrainConfig:
     """Optimisation, precision, checkpointing. ``batch`` is global, split into ``micro_batch`` chunks."""
 
@@ -72,6 +84,7 @@ class TrainConfig:
     num_workers: int = attrs.field(default=0, validator=non_negative)
     # auto: encode the dataset once when the codec is not identity | off: encode every batch | a cache folder
     latent_cache: str = "auto"
+    health: HealthConfig = attrs.Factory(HealthConfig)  # the divergence guard
 
 
 @attrs.frozen

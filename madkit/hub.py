@@ -19,13 +19,15 @@ import re
 from pathlib import Path
 
 from madkit.engine import export
+from madkit.errors import UserError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 FILES = (export.WEIGHTS_FILE, export.SPEC_FILE, export.CARD_FILE)
 
 
-class HubError(ValueError):
-    """A hub id that cannot be resolved, or a folder that cannot be pushed."""
+class HubError(UserError, ValueError):
+    """A hub id that cannot be resolved, or a folder that cannot be pushed (``train.init_from``, ``madkit.load``):
+    the user's to fix, so exit 2 with the message alone."""
 
 
 def split_revision(source: str) -> tuple[str, str | None]:

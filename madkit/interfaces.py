@@ -336,9 +336,18 @@ class GenerativeModel(nn.Module):
         latents: torch.Tensor,
         labels: torch.Tensor | None,
         schedule: NoiseSchedule,
-        generator: torch.Generator | None = None,
+        generators: list[torch.Generator],
     ) -> dict[str, torch.Tensor]:
-        """Training losses for a batch of clean latents; key ``loss`` is what is optimised."""
+        """Training losses for a batch of clean latents [n, c, h, w]; key ``loss`` is what is optimised.
+
+        ``generators`` holds one generator per example (len n), seeded by the trainer from (seed,
+        step, the example's position in the global batch). Every random draw for example i (its
+        timesteps, its noise, its label dropout) must come from ``generators[i]`` and nothing else
+        (``madkit.per_example`` stacks such draws), and the returned terms must be means over the
+        examples. Then one global batch trains on the same randomness, and gives the same gradient,
+        however the trainer splits it into ranks and micro-batches, and a resumed run draws exactly
+        what an uninterrupted one would.
+        """
         raise NotImplementedError
 
     def generate(

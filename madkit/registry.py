@@ -21,20 +21,21 @@ import attrs
 import pluggy
 
 from madkit import hookspecs
+from madkit.errors import UserError
 from madkit.interfaces import INTERFACES
 
 ENTRY_POINT_GROUP = "madkit.plugins"
 
 
-class PluginError(Exception):
-    """A plugin could not be loaded or registered; the message names the plugin."""
+class PluginError(UserError):
+    """A plugin could not be loaded or registered (an installation to repair); the message names the plugin."""
 
 
 class DuplicateKindError(PluginError):
     """Two plugins registered the same kind for the same interface."""
 
 
-class UnknownKindError(LookupError):
+class UnknownKindError(UserError, LookupError):
     """A spec named a kind that no loaded plugin registers."""
 
     def __init__(self, interface: str, kind: str, installed: list[str]):

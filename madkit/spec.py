@@ -26,6 +26,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from madkit.errors import UserError
 from madkit.registry import Registry, UnknownKindError
 
 _SLOT_TYPES: dict[str, type] = {}
@@ -50,7 +51,7 @@ class StructureProblem(Exception):
         self.path, self.message = path, message
 
 
-class SpecError(Exception):
+class SpecError(UserError):
     """All problems of a spec, each rendered as ``FILE: toml.path: message``."""
 
     def __init__(self, lines: list[str]):

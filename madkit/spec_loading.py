@@ -13,13 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from madkit.errors import UserError
+
 Path_ = tuple[str, ...]
 
 DEFAULTS_SOURCE = "(madkit defaults)"  # how errors name a value nobody wrote
 DICT_SOURCE = "(dict)"  # how errors name a spec given as a Python dict
 
 
-class SpecLoadError(Exception):
+class SpecLoadError(UserError):
     """A spec file cannot be read at all (missing, bad TOML, bad extends, bad --set)."""
 
 
@@ -86,8 +88,16 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise SpecLoadError(f"{path}: spec file not found") from None
+    except IsADirectoryError:
+        raise SpecLoadError(f"{path}: is a folder, not a spec file; pass the .toml file itself") from None
+    except UnicodeDecodeError as exc:
+        raise SpecLoadError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8); a spec is a TOML text file"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecLoadError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SpecLoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def load_with_extends(path: Path, provenance: Provenance, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -109,6 +109,52 @@ def test_resume_auto_skips_a_torn_save(tmp_path, registry):
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+# --------------------------------------------------------------------------- verification
+def _damaged(tmp_path, damage):
+    for step in (2, 4):
+        ckpt.save_checkpoint(tmp_path, step, *tiny_state(step), keep=5)
+    folder = tmp_path / "checkpoints" / "00000004"
+    model = folder / "model.safetensors"
+    data = model.read_bytes()
+    if damage == "truncated":
+        model.write_bytes(data[:-3])
+    elif damage == "longer":
+        model.write_bytes(data + b"\0" * 8)
+    elif damage == "header":
+        model.write_bytes(data[:8] + b"{not json" + data[17:])
+    elif damage == "names":
+        ckpt.save_checkpoint(tmp_path, 6, {"w": torch.zeros(1)}, {"v": torch.zeros(1)}, {"step": 6}, keep=5)
+        return tmp_path / "checkpoints" / "00000006"
+    elif damage == "state":
+        (folder / "state.pt").write_bytes((folder / "state.pt").read_bytes()[:100])
+    elif damage == "step":
+        torch.save({"format": 1, "step": 3}, folder / "state.pt")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncated", "truncated: the header describes"),
+        ("longer", "longer than its header describes"),
+        ("header", "damaged safetensors header"),
+        ("names", "hold different tensors"),
+        ("state", "damaged or not a madkit state file"),
+        ("step", "records step 3, but its folder is named 00000004"),
+    ],
+)
+def test_verification_names_the_damage_and_falls_back(tmp_path, damage, message):
+    from madkit.engine.checkpoint_verify import CorruptCheckpointError, newest_verified, verify_checkpoint
+
+    bad = _damaged(tmp_path, damage)
+    with pytest.raises(CorruptCheckpointError, match=message):
+        verify_checkpoint(bad)
+    chosen, skipped = newest_verified(tmp_path)
+    assert chosen == tmp_path / "checkpoints" / "00000002" or (damage == "names" and chosen.name == "00000004")
+    assert skipped[0][0] == bad and message.split(":")[0] in skipped[0][1]
+    verify_checkpoint(tmp_path / "checkpoints" / "00000002")  # an intact one passes
+
+
 # --------------------------------------------------------------------------- SIGKILL during training
 def _train_child(spec_path, out):
     torch.set_num_threads(1)
@@ -160,8 +206,15 @@ def test_sigkill_never_leaves_an_unloadable_latest_checkpoint(tmp_path, registry
     wait()
     assert exitcode() == 0, f"seed {seed}"
     assert ckpt.latest_checkpoint(out).name == f"{steps:08d}"
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, steps + 1))
+    killed_metrics = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in killed_metrics] == list(range(1, steps + 1))  # every step logged once
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    # and bit-exact: the killed and resumed run ends where an uninterrupted one does
+    straight = train(fakes.load(spec, registry), registry, tmp_path / "straight")
+    for name in (ckpt.MODEL_FILE, ckpt.EMA_FILE):
+        a, b = load_file(straight.checkpoint / name), load_file(ckpt.latest_checkpoint(out) / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} (seed {seed})"
+    assert [r["loss"] for r in killed_metrics] == [r["loss"] for r in read_metrics(straight.run_dir / "metrics.jsonl")]
 
 
 def test_running_a_finished_run_again_changes_nothing(tmp_path, registry):

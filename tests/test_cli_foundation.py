@@ -1,5 +1,6 @@
 """The command line over the foundation: `madkit validate` reports every problem located and exits 2,
-`--debug` shows the traceback instead, plugin failures exit 1, `madkit plugins` lists attributions.
+`--debug` shows the traceback instead, a plugin installation problem exits 2 in one line, `madkit
+plugins` lists attributions. (Every user mistake of every command: tests/test_user_errors.py.)
 
 Plugins come from real entry points: the fake ``test-*`` kinds are installed as a distribution in a
 temporary site (see the ``fakes_installed`` fixture), and MADKIT_PLUGINS keeps other plugins out.
@@ -139,12 +140,12 @@ def test_missing_spec_exits_2(fakes_installed, tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"{tmp_path / 'absent.toml'}: spec file not found")
 
 
-def test_plugin_failure_exits_1_with_a_hint(fakes_installed, good_spec, monkeypatch, capsys):
+def test_plugin_selection_mistake_exits_2_in_one_line(fakes_installed, good_spec, monkeypatch, capsys):
     monkeypatch.setenv("MADKIT_PLUGINS", "partitioners,not-installed")
-    assert main(["validate", str(good_spec)]) == 1
+    assert main(["validate", str(good_spec)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("madkit validate: error: MADKIT_PLUGINS names ['not-installed']")
-    assert "(run again with --debug for a traceback)" in err and "Traceback" not in err
+    assert err.startswith("madkit validate: MADKIT_PLUGINS names ['not-installed']")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_run_refuses_a_bad_spec_before_doing_anything(fakes_installed, bad_spec, capsys):

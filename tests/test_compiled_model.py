@@ -14,8 +14,8 @@ from madkit.engine.model_setup import compile_blocks
 def _loss_and_grads(model, latents, labels):
     from madkit_diffusion.schedules.ddpm_linear import DDPMLinearConfig
 
-    torch.manual_seed(5)  # label dropout draws from the global generator
-    loss = model.loss(latents, labels, DDPMLinearConfig().build(), torch.Generator().manual_seed(0))["loss"]
+    gens = [torch.Generator().manual_seed(i) for i in range(len(latents))]  # one per example, label dropout too
+    loss = model.loss(latents, labels, DDPMLinearConfig().build(), gens)["loss"]
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)

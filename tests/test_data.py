@@ -274,6 +274,42 @@ def test_corrupt_image_is_skipped_counted_and_logged(tmp_path, caplog):
     assert source.skipped == 1  # the same file counts once
 
 
+# --------------------------------------------------------------------------- bit depth
+def png16(path: Path, samples: np.ndarray) -> Path:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit RGB): grey [h, w] or RGB [h, w, 3] uint16."""
+    import struct
+    import zlib
+
+    h, w = samples.shape[:2]
+    colour_type = 0 if samples.ndim == 2 else 2
+    raw = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("colour", [False, True], ids=["grey", "rgb"])
+def test_a_16_bit_ramp_keeps_its_range(tmp_path, colour):
+    ramp = np.tile(np.linspace(0, 65535, 16).round().astype(np.uint16), (16, 1))  # black to white, left to right
+    png16(tmp_path / "ramp.png", np.stack([ramp] * 3, -1) if colour else ramp)
+    assert Image.open(tmp_path / "ramp.png").mode == ("RGB" if colour else "I;16")
+    if not colour:  # what Pillow's own conversion makes of it: every value above 255 clipped to white
+        assert (np.asarray(Image.open(tmp_path / "ramp.png").convert("RGB"))[0, :, 0] == 255).mean() > 0.9
+    x, _ = FolderConfig(root=str(tmp_path), resolution=16).build().dataset()[0]
+    row = x[0, 0]
+    assert row[0] == -1.0 and row[-1] == 1.0  # the full range, not clipped to white
+    assert bool((row[1:] > row[:-1]).all())  # still a ramp
+    assert torch.allclose(row, torch.linspace(-1, 1, 16), atol=1 / 255)
+    from madkit.engine.evaluate import folder_images
+
+    (reference,) = folder_images(tmp_path).batches(1)  # reference folders for FID read it the same way
+    assert reference[0, 0, 0].tolist() == [round(v * 255 / 65535) for v in ramp[0].tolist()]
+
+
 # --------------------------------------------------------------------------- hf-disk
 def save_hf(path: Path, images: list[bytes], labels: list[int], splits=("train",)) -> Path:
     datasets = pytest.importorskip("datasets")
@@ -348,6 +384,25 @@ def test_webdataset_streams_shards_with_labels_and_skips_bad_images(tmp_path):
     items = list(source.dataset())
     assert [y for _, y in items] == [1, 2] and source.skipped == 1
     assert torch.allclose(items[1][0][1], torch.ones(4, 4))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-a-tar"])
+def test_a_damaged_shard_is_named_or_skipped_whole_and_counted(tmp_path, caplog, damage):
+    pytest.importorskip("webdataset")
+    from madkit_data.webdataset_source import WebDatasetConfig
+
+    write_shard(tmp_path / "s-0.tar", [(f"a{i}", png_bytes((255, 0, 0)), 0) for i in range(3)])
+    write_shard(tmp_path / "s-1.tar", [(f"b{i}", png_bytes((0, 255, 0)), 1) for i in range(3)])
+    whole = (tmp_path / "s-0.tar").read_bytes()
+    (tmp_path / "s-0.tar").write_bytes(whole[:3000] if damage == "truncated" else b"<html>404</html>" * 64)
+    pattern = str(tmp_path / "s-{0..1}.tar")
+    with pytest.raises(BadImageError, match=r"shard .*s-0\.tar: (ends early|not a readable tar)"):
+        list(WebDatasetConfig(shards=pattern, image_key="png", resolution=4).build().dataset())
+    source = WebDatasetConfig(shards=pattern, image_key="png", resolution=4, on_bad_image="skip").build()
+    with caplog.at_level(logging.WARNING, logger="madkit.data"):
+        items = list(source.dataset())
+    assert len(items) == 3 and source.skipped == 1 and source.skipped_files[0].endswith("s-0.tar")
+    assert "s-0.tar" in caplog.text and "1 skipped so far" in caplog.text
 
 
 def test_webdataset_validation(tmp_path):

@@ -1,15 +1,17 @@
-"""DDP on CPU: ``torchrun --standalone --nproc_per_node=2 -m madkit run`` (gloo).
+"""DDP on CPU: ``torchrun --standalone --nproc_per_node=2 -m madkit run`` (gloo), launched as
+``python -m torch.distributed.run`` (the same program; a venv does not always put torchrun on PATH).
 
-With a deterministic loss, two ranks x two micro-batches of one image must update the weights
-exactly like one process with the whole batch of four: that checks the rank split, the loss
-scaling, no_sync accumulation and DDP's averaging together. Each checkpoint also records every
-rank's weight fingerprint, which must agree.
+Each example's loss randomness is keyed by its place in the global batch, so two ranks x two
+micro-batches of one image must update the weights like one process with the whole batch of four,
+noise on: that checks the rank split, the loss scaling, no_sync accumulation and DDP's averaging
+together. Each checkpoint also records every rank's weight fingerprint, which must agree. (The real
+MADFormer's gradients on two ranks: tests/test_split_invariance.py.)
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
 
 import engine_fakes as fakes
 import pytest
@@ -20,18 +22,18 @@ from safetensors.torch import load_file
 from madkit.engine.run_dir import read_metrics
 from madkit.engine.train import train
 
-pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 def test_two_cpu_ranks_match_one_process_and_each_other(tmp_path):
     steps = 3
-    common = {"model": {"noise": False}, "log": {"sinks": []}}
+    common = {"log": {"sinks": []}}
     ddp_spec = fakes.write_spec(
         tmp_path, "ddp.toml", train={"steps": steps, "batch": 4, "micro_batch": 1, "ckpt_every": 2}, **common
     )
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "madkit", "run", str(ddp_spec), "--out", str(out)],
+        [*TORCHRUN, "-m", "madkit", "run", str(ddp_spec), "--out", str(out)],
         env=fakes.cli_env(tmp_path),
         capture_output=True,
         text=True,
@@ -46,6 +48,7 @@ def test_two_cpu_ranks_match_one_process_and_each_other(tmp_path):
     first, second = state["rank_fingerprints"]
     assert torch.equal(first, second)  # both ranks hold bit-identical weights
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]  # written once, by rank 0
+    assert (out / ".lock").read_text() == ""  # rank 0 held the run folder's lock, and released it at the end
 
     registry = fakes.make_registry()
     single_spec = fakes.write_spec(
@@ -65,7 +68,7 @@ def test_ddp_resume_is_exact(tmp_path):
     env = fakes.cli_env(tmp_path)
 
     def torchrun(out, *extra):
-        cmd = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "madkit", "run", str(spec), "--out", str(out)]
+        cmd = [*TORCHRUN, "-m", "madkit", "run", str(spec), "--out", str(out)]
         proc = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
 

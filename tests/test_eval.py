@@ -123,7 +123,7 @@ def test_statistics_from_another_extractor_are_refused_before_generating(run_dir
     assert main(["fid-stats", str(run_dir / "config.resolved.toml"), "--out", str(stats), *other]) == 0
     capsys.readouterr()
     monkeypatch.setattr(Evaluator, "_generate", lambda *a, **k: pytest.fail("generated before checking the reference"))
-    assert evaluate(run_dir, "--reference", str(stats), "--name", "mismatch") == 1
+    assert evaluate(run_dir, "--reference", str(stats), "--name", "mismatch") == 2
     assert "was computed with extractor" in capsys.readouterr().err
     assert not (run_dir / "eval" / "mismatch.json").exists()
 
@@ -133,7 +133,7 @@ def test_statistics_without_features_are_refused_for_kid_before_generating(run_d
     assert main(["fid-stats", str(run_dir / "config.resolved.toml"), "--out", str(stats), "--extractor", "proxy"]) == 0
     capsys.readouterr()
     monkeypatch.setattr(Evaluator, "_generate", lambda *a, **k: pytest.fail("generated before checking the reference"))
-    assert evaluate(run_dir, "--reference", str(stats), "--metrics", "fid,kid", "--name", "kid") == 1
+    assert evaluate(run_dir, "--reference", str(stats), "--metrics", "fid,kid", "--name", "kid") == 2
     assert "--keep-features" in capsys.readouterr().err
 
 
@@ -154,7 +154,7 @@ def test_bad_arguments_are_usage_errors(run_dir, capsys, extra, message):
 
 
 def test_a_missing_run_folder_is_named(tmp_path, capsys):
-    assert main(["eval", str(tmp_path / "nowhere"), *ARGS]) == 1
+    assert main(["eval", str(tmp_path / "nowhere"), *ARGS]) == 2
     assert "nowhere does not exist" in capsys.readouterr().err
 
 

@@ -1,11 +1,10 @@
 """FSDP2 (``train.strategy = "fsdp"`` / ``"hsdp"``) on the CPU with gloo ranks: the real tiny MADFormer,
 its real loss with noise on, the real trainer and CLI.
 
-The loss draws its noise and timesteps from a generator keyed by (seed, rank, step, micro-batch), so a
-global batch split over two ranks draws other numbers than one process taking it whole.
-``draws_of_ranks`` makes the one-process run draw exactly what rank r's micro-batch k drew, for the
-stream position that micro-batch held; everything else (data order, loss scaling, gradient
-reduction, clipping, AdamW, EMA, checkpoints) is the real code on both sides.
+Example i of a step's global batch draws its noise, timesteps and label dropout from a generator keyed
+by (seed, step, i), whichever rank and micro-batch holds it, so one process taking the batch whole draws
+what the ranks drew together: the comparisons below patch nothing (data order, loss and its noise,
+gradient reduction, clipping, AdamW, EMA and checkpoints are the real code on both sides).
 """
 
 from __future__ import annotations
@@ -70,21 +69,6 @@ def train_here(registry, out: Path, *sets: str, stop_after: int | None = None):
         torch.set_num_threads(before)
 
 
-def draws_of_ranks(monkeypatch, ranks: int) -> None:
-    """One process, micro-batch k' holds stream position k'; with ``ranks`` ranks that position was
-    rank k' % ranks's micro-batch k' // ranks. Draw what that rank drew."""
-    real = rng.generator
-
-    def generator(seed, purpose, *coords, device="cpu"):
-        if purpose == "loss":
-            rank, step, k = coords
-            assert rank == 0
-            coords = (k % ranks, step, k // ranks)
-        return real(seed, purpose, *coords, device=device)
-
-    monkeypatch.setattr(rng, "generator", generator)
-
-
 def assert_same_weights(a: Path, b: Path, use_ema: bool) -> None:
     wa, wb = checkpoint.load_weights(a, use_ema), checkpoint.load_weights(b, use_ema)
     assert wa.keys() == wb.keys()
@@ -110,11 +94,8 @@ def two_ranks(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, registry) -> Path:
-    """The same 3 steps in one plain process (DDP strategy, no group), drawing what the ranks drew."""
-    with pytest.MonkeyPatch.context() as mp:
-        draws_of_ranks(mp, 2)
-        result = train_here(registry, tmp_path_factory.mktemp("fsdp") / "one")
-    return result.run_dir
+    """The same 3 steps in one plain process (DDP strategy, no group)."""
+    return train_here(registry, tmp_path_factory.mktemp("fsdp") / "one").run_dir
 
 
 def test_two_fsdp_ranks_write_sharded_checkpoints_equal_to_one_process(two_ranks, one_process):
@@ -135,8 +116,7 @@ def test_two_fsdp_ranks_write_sharded_checkpoints_equal_to_one_process(two_ranks
         assert_same_weights(ckpt, step_dir(one_process, 3), use_ema)
 
 
-def test_sharded_checkpoint_resumes_on_one_rank_and_across_strategies(two_ranks, one_process, registry, monkeypatch):
-    draws_of_ranks(monkeypatch, 2)
+def test_sharded_checkpoint_resumes_on_one_rank_and_across_strategies(two_ranks, one_process, registry):
     sharded_2 = step_dir(two_ranks, 2)
     # written on two ranks, continued on one (still sharded, a one-rank group): the AdamW moments and
     # the EMA are resharded; step 3 equals the uninterrupted two-rank step 3
@@ -169,6 +149,80 @@ def test_sharded_checkpoint_exports_to_safetensors_and_samples(two_ranks, tmp_pa
         assert (tmp_path / "a" / f"{i:06d}.png").read_bytes() == (tmp_path / "b" / f"{i:06d}.png").read_bytes()
 
 
+# --------------------------------------------------------------------------- reliability of sharded checkpoints
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock"))
+    return to
+
+
+def test_sharded_checkpoints_record_health_and_verify(two_ranks, tmp_path):
+    from madkit.engine.checkpoint_verify import CorruptCheckpointError, verify_checkpoint
+    from madkit.engine.health import newest_healthy, recorded_health
+
+    ckpt = step_dir(two_ranks, 3)
+    verify_checkpoint(ckpt)
+    record = recorded_health(ckpt)
+    whole = read_full(ckpt, "model")
+    # the max |weight| of the slices, reduced over both ranks, is the whole model's
+    assert record["passed"] and record["max_abs_weight"] == max(float(t.abs().max()) for t in whole.values())
+    assert newest_healthy(two_ranks) == ckpt
+    garbage = copy_run(two_ranks, tmp_path / "run")
+    metadata = step_dir(garbage, 3) / checkpoint.SHARDED_DIR / ".metadata"
+    metadata.write_bytes(os.urandom(metadata.stat().st_size))
+    with pytest.raises(CorruptCheckpointError, match=f"{metadata}: damaged"):
+        verify_checkpoint(step_dir(garbage, 3))
+
+
+def test_a_damaged_sharded_checkpoint_is_skipped_and_its_step_trained_again(two_ranks, registry, tmp_path, capsys):
+    """The newest sharded checkpoint has a truncated rank file: ``sample`` falls back to step 2 with a
+    warning, and the run continues from step 2, sets step 3 aside and trains it again to the same weights."""
+    run = copy_run(two_ranks, tmp_path / "run")
+    target = step_dir(run, 3) / checkpoint.SHARDED_DIR / "__1_0.distcp"
+    target.write_bytes(target.read_bytes()[:-100])
+    capsys.readouterr()
+    assert cli(["sample", str(run), "--num", "1", "--steps", "2", "--out", str(tmp_path / "s"), "--device", "cpu"]) == 0
+    warning = capsys.readouterr().err
+    assert f"skipping checkpoint {step_dir(run, 3)}: {target}" in warning
+    assert f"using {step_dir(run, 2)} instead" in warning
+
+    again = train_here(registry, run, "train.strategy=fsdp")
+    assert again.step == 3 and [p.name for p in (run / "set-aside").iterdir()][0].endswith("-damaged")
+    for use_ema in (False, True):
+        assert_same_weights(again.checkpoint, step_dir(two_ranks, 3), use_ema)
+
+
+@pytest.mark.parametrize("how", ["free-space-check", "write-fails"])
+def test_a_full_disk_during_a_sharded_save_leaves_no_temp_folder(tmp_path, capsys, monkeypatch, how):
+    import errno
+
+    import torch.distributed.checkpoint as dcp
+
+    from madkit.engine import disk_space
+
+    if how == "free-space-check":
+        monkeypatch.setattr(disk_space, "free_bytes", lambda folder: 4096)
+    else:
+        def full(state, checkpoint_id):
+            Path(checkpoint_id).mkdir(parents=True, exist_ok=True)
+            (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(dcp, "save", full)
+    out = tmp_path / "run"
+    sets = [f"--set={s}" for s in [*COMMON, "train.strategy=fsdp"]]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli(["run", str(TINY), "--out", str(out), *sets]) == 1
+    finally:
+        torch.set_num_threads(before)
+    line = capsys.readouterr().err.strip().splitlines()[0]
+    assert "disk full" in line and "no checkpoint had been written yet" in line and "Traceback" not in line
+    assert [p.name for p in (out / checkpoint.CHECKPOINTS).iterdir()] == []  # no temp folder, no checkpoint
+
+
 def test_strategy_spec_problems(registry):
     from madkit.spec import SpecError
 
@@ -193,10 +247,8 @@ def test_hsdp_mesh_shape():
 
 # --------------------------------------------------------------------------- slow: more ranks, more policies
 @pytest.mark.slow
-def test_one_rank_checkpoint_resumes_on_two(two_ranks, registry, monkeypatch):
-    draws_of_ranks(monkeypatch, 2)
+def test_one_rank_checkpoint_resumes_on_two(two_ranks, registry):
     first = train_here(registry, two_ranks.parent / "first_on_one", "train.strategy=fsdp", stop_after=2)
-    monkeypatch.undo()
     out = two_ranks.parent / "then_on_two"
     sets = [f"--set={s}" for s in [*COMMON, "train.strategy=fsdp", f"train.resume={first.checkpoint}"]]
     torchrun(2, "run", str(TINY), "--out", str(out), *sets)
@@ -215,12 +267,11 @@ def test_whole_checkpoint_resumes_sharded_on_two(two_ranks, one_process):
 
 
 @pytest.mark.slow
-def test_hsdp_on_four_ranks_with_activation_checkpointing_equals_one_process(tmp_path, registry, monkeypatch):
+def test_hsdp_on_four_ranks_with_activation_checkpointing_equals_one_process(tmp_path, registry):
     """Two replicas of two shards each (a 2 x 2 mesh): gradients reduce-scattered within a pair and
     all-reduced across the pairs; blocks recomputed in backward."""
     hsdp = ["train.strategy=hsdp", "train.shard_ranks=2", "train.activation_checkpointing=true"]
     torchrun(4, "run", str(TINY), "--out", str(tmp_path / "hsdp"), *[f"--set={s}" for s in [*COMMON, *hsdp]])
-    draws_of_ranks(monkeypatch, 4)
     single = train_here(registry, tmp_path / "one")
     for use_ema in (False, True):
         assert_same_weights(step_dir(tmp_path / "hsdp", 3), single.checkpoint, use_ema)
@@ -246,13 +297,12 @@ def assert_similar_updates(a: dict, b: dict, start: dict, cosine: float) -> None
 
 
 @pytest.mark.slow
-def test_bf16_gathered_blocks_train_like_bf16_autocast(tmp_path, registry, monkeypatch):
+def test_bf16_gathered_blocks_train_like_bf16_autocast(tmp_path, registry):
     """train.precision = bf16 under FSDP gathers the blocks in bf16; one process runs bf16 autocast
     over fp32 weights. Rounding differs, so the updates are compared, not the bits."""
     bf16 = ["train.precision=bf16"]
     sets = [f"--set={s}" for s in [*COMMON, *bf16, "train.strategy=fsdp"]]
     torchrun(2, "run", str(TINY), "--out", str(tmp_path / "fsdp"), *sets)
-    draws_of_ranks(monkeypatch, 2)
     single = train_here(registry, tmp_path / "one", *bf16)
     start = initial_weights(registry, *bf16)
     sharded = checkpoint.load_weights(step_dir(tmp_path / "fsdp", 3), False)

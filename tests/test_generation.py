@@ -68,7 +68,7 @@ def _generate(model, indices, batch_size, use_cache=True, sampler=None, guidance
     return torch.cat(chunks)
 
 
-@pytest.mark.parametrize("name", ["tiles", "raster", "class", "condition-only"])
+@pytest.mark.parametrize("name", ["tiles", "raster", "class", "condition-only", "local", "unet+class", "mlp-head"])
 def test_cached_and_uncached_generation_give_the_same_images(name):
     model = build(**VARIANTS[name])
     guidance = 2.0 if model.class_embed is not None else None
@@ -127,7 +127,8 @@ def test_bf16_autocast_keeps_the_residual_stream_fp32_and_both_paths_agree():
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model.train()
-            losses = model.loss(model.from_blocks(x0), labels, _schedule(), torch.Generator().manual_seed(0))
+            gens = [torch.Generator().manual_seed(i) for i in range(x0.shape[0])]
+            losses = model.loss(model.from_blocks(x0), labels, _schedule(), gens)
             losses["loss"].backward()
             model.eval()
             cached = _generate(model, range(2), 2, use_cache=True, guidance=2.0)

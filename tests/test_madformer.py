@@ -201,7 +201,7 @@ def test_loss_backward_reaches_every_parameter(overrides):
     model = build("tiles", num_classes=ncls, **overrides).train()
     latents = torch.randn(2, *model.latent_shape)
     labels = torch.tensor([0, 2]) if ncls else None
-    losses = model.loss(latents, labels, DDPMLinearConfig().build(), torch.Generator().manual_seed(0))
+    losses = model.loss(latents, labels, DDPMLinearConfig().build(), [torch.Generator().manual_seed(i) for i in range(2)])
     assert set(losses) == {"loss", "image", "hidden"}
     losses["loss"].backward()
     unused = {name for name, p in model.named_parameters() if p.requires_grad and p.grad is None}

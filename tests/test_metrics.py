@@ -446,13 +446,11 @@ def test_missing_inception_weights_path_says_how_to_provide_them(tmp_path, monke
 
 
 def test_offline_download_failure_is_a_clear_error(monkeypatch):
-    import torch_fidelity.feature_extractor_inceptionv3 as inception_v3
-
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.delenv("MADKIT_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.setattr(inception_v3, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)  # madkit downloads them itself
     with pytest.raises(ExtractorUnavailable, match=r"offline.*weights = .*MADKIT_INCEPTION_WEIGHTS.*proxy"):
         InceptionConfig(device="cpu").build()
 
@@ -462,6 +460,41 @@ def test_a_file_that_is_not_inception_weights_is_refused(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ExtractorUnavailable, match="does not hold torch-fidelity's inception-v3-compat weights"):
         InceptionConfig(weights=str(bad), device="cpu").build()
+
+
+class _TouchOnLoad:
+    """A pickle payload: unpickling it calls Path.touch(marker), i.e. runs code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_a_hostile_inception_file_is_refused_and_runs_nothing(tmp_path, monkeypatch, capsys, how):
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "pt_inception-2015-12-05.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "payload": _TouchOnLoad(marker)}, hostile)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 100, 0, 0)).save(images / f"{i}.png")
+    spec = tmp_path / "data.toml"
+    spec.write_text(f'[data]\nkind = "folder"\nroot = "{images}"\nresolution = 8\n')
+    args = ["fid-stats", str(spec), "--out", str(tmp_path / "ref.npz"), "--extractor", "inception"]
+    if how == "flag":
+        args += ["--extractor-set", f"weights={hostile}"]
+    else:
+        monkeypatch.setenv("MADKIT_INCEPTION_WEIGHTS", str(hostile))
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{str(hostile)!r} does not hold torch-fidelity's inception-v3-compat weights as plain tensors" in line
+    assert "refused without running anything in it" in line
+    assert not marker.exists() and not (tmp_path / "ref.npz").exists()
+    torch.load(hostile, weights_only=False)  # what torch-fidelity would have done with it
+    assert marker.exists()  # the payload is live: the refusal above is what kept it from running
 
 
 def test_non_standard_inception_weights_get_a_name_of_their_own(tmp_path, monkeypatch):

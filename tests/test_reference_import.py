@@ -212,7 +212,7 @@ def test_an_imported_run_samples_exports_and_refuses_to_resume_training(models, 
     card = (tmp_path / "export" / "README.md").read_text()
     assert "import-reference" in card and "ckpts.pt" in card
     capsys.readouterr()
-    assert main(["run", str(SPEC), "--out", str(out), "--set", "log.sinks=[]"]) == 1
+    assert main(["run", str(SPEC), "--out", str(out), "--set", "log.sinks=[]"]) == 2  # a user mistake: exit 2
     assert "no optimizer state" in capsys.readouterr().err
 
 

@@ -71,9 +71,8 @@ def test_training_reaches_every_parameter_with_the_reference_numerics():
     from madkit_diffusion.schedules.ddpm_linear import DDPMLinearConfig
 
     model = build(**VARIANTS["reference"]).train()
-    losses = model.loss(
-        torch.randn(2, *model.latent_shape), None, DDPMLinearConfig().build(), torch.Generator().manual_seed(0)
-    )
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    losses = model.loss(torch.randn(2, *model.latent_shape), None, DDPMLinearConfig().build(), gens)
     losses["loss"].backward()
     unused = {name for name, p in model.named_parameters() if p.requires_grad and p.grad is None}
     assert torch.isfinite(losses["loss"]) and not unused, unused

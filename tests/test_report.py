@@ -136,7 +136,7 @@ def test_an_empty_run_still_reports_what_is_missing(tmp_path):
 
 
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == 2
     assert "not a madkit run folder" in capsys.readouterr().err
 
 

@@ -16,14 +16,11 @@ from madkit import cli
 from madkit.engine import checkpoint as ckpt
 from madkit.engine.inference import load_for_inference
 from madkit.engine.run_dir import read_metrics
-from madkit.registry import Registry
 
 
 @pytest.fixture
 def registry(monkeypatch):
-    registry = fakes.make_registry()
-    monkeypatch.setattr(Registry, "load", classmethod(lambda cls, autoload=None: registry))
-    return registry
+    return fakes.serve_registry(monkeypatch, fakes.make_registry())
 
 
 def madkit(*args: str) -> int:
@@ -46,7 +43,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert madkit("run", str(spec), "--out", str(out)) == 1
     err = capsys.readouterr().err
     assert "step 5: non-finite loss" in err and "loss=nan" in err and "mse=" in err
-    assert f"the last good checkpoint is {out / 'checkpoints' / '00000004'}" in err
+    assert f"the newest healthy checkpoint is {out / 'checkpoints' / '00000004'}" in err
     assert "Traceback" not in err
     assert ckpt.latest_checkpoint(out).name == "00000004"
     _, model = load_for_inference(out, registry)
@@ -73,7 +70,7 @@ def test_checkpoint_from_an_incompatible_spec_is_refused_and_touches_nothing(tmp
 def test_missing_dataset_is_reported_by_its_source_before_anything_is_written(tmp_path, registry, capsys):
     spec = fakes.write_spec(tmp_path, data={"root": str(tmp_path / "no-such-folder")})
     out = tmp_path / "run"
-    assert madkit("run", str(spec), "--out", str(out)) == 1
+    assert madkit("run", str(spec), "--out", str(out)) == 2
     err = capsys.readouterr().err
     assert f"dataset folder {str(tmp_path / 'no-such-folder')!r} does not exist" in err
     assert not out.exists()
@@ -84,7 +81,7 @@ def test_resume_never_refuses_a_folder_with_checkpoints(tmp_path, registry, caps
     out = tmp_path / "run"
     assert madkit("run", str(spec), "--out", str(out)) == 0
     before = snapshot(out)
-    assert madkit("run", str(spec), "--out", str(out), "--set", "train.resume=never") == 1
+    assert madkit("run", str(spec), "--out", str(out), "--set", "train.resume=never") == 2
     assert "would mix two runs" in capsys.readouterr().err
     assert snapshot(out) == before
 

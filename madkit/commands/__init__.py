@@ -3,13 +3,15 @@
 Modules are imported only when listed here; heavy imports (torch, diffusers) belong inside ``run``.
 """
 
+from madkit.errors import UserError
+
 COMMAND_MODULES = (
     "plugins", "validate", "run", "flops", "sample", "fid_stats", "eval", "sweep", "study", "report", "export",
     "import_reference",
 )
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """Bad command-line input (exit code 2): say what was wrong and how to fix it."""
 
 

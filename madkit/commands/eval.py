@@ -175,6 +175,7 @@ def run(args) -> int:
     from madkit.engine.generate import GuidanceError, parse_shard
     from madkit.engine.logs import log_eval_record
     from madkit.engine.protocol import evaluate_checkpoints, select_checkpoints
+    from madkit.engine.run_lock import run_folder_of, writing_into
     from madkit.engine.sweep import Evaluator, load_run, sample_size_note
     from madkit.registry import Registry
 
@@ -212,21 +213,22 @@ def run(args) -> int:
 
     env = distributed.setup(args.device)
     try:
-        if protocol:
-            summary = evaluate_checkpoints(checkpoints, evaluator, env, args.steps, args.force, on_record=report)
-            if summary is not None:
-                print_summary(summary)
-                print(f"wrote {Path(summary['run']['dir']) / 'eval' / (summary['name'] + '.json')}")
-        else:
-            loaded = load_run(args.run_dir, registry, request.use_ema, env.device)
-            if env.distributed:
-                record = evaluate_point(evaluator, loaded, args.steps, env, name=args.name, force=args.force)
+        with writing_into(run_folder_of(args.run_dir), "madkit eval"):  # never beside a training run
+            if protocol:
+                summary = evaluate_checkpoints(checkpoints, evaluator, env, args.steps, args.force, on_record=report)
+                if summary is not None:
+                    print_summary(summary)
+                    print(f"wrote {Path(summary['run']['dir']) / 'eval' / (summary['name'] + '.json')}")
             else:
-                record = evaluator.evaluate(loaded, args.steps, shard=shard, name=args.name, force=args.force)
-            if record is None or not env.is_main:
-                return 0
-            report(record, loaded)
-            print(f"wrote {loaded.run_dir / 'eval' / (record['name'] + '.json')}")
+                loaded = load_run(args.run_dir, registry, request.use_ema, env.device)
+                if env.distributed:
+                    record = evaluate_point(evaluator, loaded, args.steps, env, name=args.name, force=args.force)
+                else:
+                    record = evaluator.evaluate(loaded, args.steps, shard=shard, name=args.name, force=args.force)
+                if record is None or not env.is_main:
+                    return 0
+                report(record, loaded)  # the run's sinks (event files in the run folder) too, under the lock
+                print(f"wrote {loaded.run_dir / 'eval' / (record['name'] + '.json')}")
         if env.is_main and (note := sample_size_note(request.num)):
             print(note)
         return 0

@@ -4,6 +4,8 @@ Config, loss curves, sample grids over training, metric tables (eval/*.json) and
 image is inlined, so the page opens anywhere (see madkit.engine.report).
 """
 
+from pathlib import Path
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="write a self-contained HTML report of a run (config, losses, samples, metrics)")
@@ -13,7 +15,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from madkit.engine.report import build_report
+    from madkit.engine.run_lock import run_folder_of, writing_into
 
-    path = build_report(args.run_dir, args.out)
+    target = args.out or Path(args.run_dir) / "report.html"
+    with writing_into(run_folder_of(args.run_dir), "madkit report", target):  # never beside a training run
+        path = build_report(args.run_dir, args.out)
     print(f"wrote {path}")
     return 0

@@ -1,8 +1,9 @@
 """``madkit run SPEC [--set K=V ...] [--out DIR] [--stop-after N]``: train.
 
-Running the same command again with the same run folder continues from its latest checkpoint
-(``train.resume = "auto"``). Under ``torchrun --nproc_per_node=K -m madkit run SPEC`` it trains with
-DDP; only rank 0 prints.
+Running the same command again with the same run folder continues from its newest checkpoint
+(``train.resume = "auto"``); ``--from STEP`` continues from an older one instead (the newer ones are
+moved to RUN/set-aside/). The run folder is locked while the run lives: a second writer is refused.
+Under ``torchrun --nproc_per_node=K -m madkit run SPEC`` it trains with DDP; only rank 0 prints.
 """
 
 import os
@@ -33,6 +34,14 @@ def add_parser(sub) -> None:
         action="store_true",
         help="resume even though the spec's training values (train.lr, train.steps, ...) differ from the checkpoint's",
     )
+    p.add_argument(
+        "--from",
+        dest="from_step",
+        type=int,
+        metavar="STEP",
+        help="continue from the run folder's checkpoint of STEP (e.g. the last healthy one) instead of its newest; "
+        "newer checkpoints are moved to RUN/set-aside/",
+    )
 
 
 def run(args) -> int:
@@ -50,6 +59,8 @@ def run(args) -> int:
             print(f"note: {note}", file=sys.stderr)
     if args.stop_after is not None and args.stop_after <= 0:
         raise UsageError(f"--stop-after must be a positive step count, got {args.stop_after}")
+    if args.from_step is not None and args.from_step < 0:
+        raise UsageError(f"--from must be a checkpoint's step (>= 0), got {args.from_step}")
     out = Path(args.out) if args.out else Path("runs") / loaded.spec.name
 
     # torch and the engine are imported only now: `madkit --help` and `validate` stay fast
@@ -58,7 +69,9 @@ def run(args) -> int:
     from madkit.engine.train import train
 
     try:
-        result = train(loaded, registry, out, stop_after=args.stop_after, allow_changes=args.allow_changes)
+        result = train(
+            loaded, registry, out, stop_after=args.stop_after, allow_changes=args.allow_changes, from_step=args.from_step
+        )
     except (IncompatibleCheckpointError, ResumeChangeError) as exc:
         raise UsageError(str(exc)) from None
     if int(os.environ.get("RANK", "0")) == 0:

@@ -23,28 +23,32 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
-    from PIL import Image
-
     from madkit.commands import UsageError
     from madkit.engine.distributed import resolve_device
-    from madkit.engine.generate import (
-        GuidanceError,
-        check_guidance,
-        generate_images,
-        parse_shard,
-        shard_indices,
-        to_uint8_hwc,
-    )
-    from madkit.engine.inference import load_for_inference, resolve_weights
-    from madkit.engine.samples import save_grid
-    from madkit.registry import Registry, UnknownKindError
+    from madkit.engine.generate import parse_shard
+    from madkit.engine.run_lock import run_folder_of, writing_into
+    from madkit.registry import Registry
 
     if args.num <= 0 or args.batch <= 0 or (args.steps is not None and args.steps <= 0):
         raise UsageError("--num, --batch and --steps must be positive")
     shard = parse_shard(args.shard)
     registry = Registry.load()
     device = resolve_device(args.device)
+    # the default output lies inside the run folder: never write there beside a training run
+    with writing_into(run_folder_of(args.checkpoint), "madkit sample", args.out):
+        return _sample(args, registry, device, shard)
+
+
+def _sample(args, registry, device, shard) -> int:
+    import torch
+    from PIL import Image
+
+    from madkit.commands import UsageError
+    from madkit.engine.generate import GuidanceError, check_guidance, generate_images, shard_indices, to_uint8_hwc
+    from madkit.engine.inference import load_for_inference, resolve_weights
+    from madkit.engine.samples import save_grid
+    from madkit.registry import UnknownKindError
+
     source = resolve_weights(args.checkpoint)
     experiment, model = load_for_inference(source, registry, use_ema=not args.raw, device=device)
     # another algorithm keeps the spec's step count and guidance unless the flags say otherwise

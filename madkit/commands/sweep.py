@@ -10,6 +10,7 @@ equal compute, flagged ``budget_matched`` in the CSV and starred on the plot.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from madkit.engine.distributed import resolve_device
     from madkit.engine.generate import GuidanceError
+    from madkit.engine.run_lock import run_folder_of, writing_into
     from madkit.engine.spread import with_spread
     from madkit.engine.sweep import Evaluator, plot_sweep, run_sweep, sample_size_note, write_csv
     from madkit.registry import Registry
@@ -69,10 +71,15 @@ def run(args) -> int:
     registry = Registry.load()
     check_kinds(registry, request)
     evaluator = Evaluator(registry, request)
-    try:
-        result = run_sweep(args.runs, steps, evaluator, resolve_device(args.device), budget=budget, force=args.force)
-    except GuidanceError as exc:
-        raise UsageError(f"--guidance: {exc}") from None
+    with contextlib.ExitStack() as writing:  # into every run's eval/: never beside a training run
+        for path in args.runs:
+            writing.enter_context(writing_into(run_folder_of(path), "madkit sweep"))
+        try:
+            result = run_sweep(
+                args.runs, steps, evaluator, resolve_device(args.device), budget=budget, force=args.force
+            )
+        except GuidanceError as exc:
+            raise UsageError(f"--guidance: {exc}") from None
     rows, metric = result.rows, result.metric_keys[0]
     out = Path(args.out) if args.out else Path(rows[0]["run"]) / "eval"
     write_csv(rows, out / "sweep.csv")

@@ -7,7 +7,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="check a spec and report every problem")
     add_spec_args(p)
     p.add_argument(
-        "--no-data", action="store_true", help="do not look for files the spec names (data folders, VAE weights)"
+        "--no-data",
+        action="store_true",
+        help="do not look for what reading the data needs: files the spec names (data folders, shards, VAE "
+        "weights) and optional packages (webdataset, datasets)",
     )
 
 

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from madkit.engine import rng
+from madkit.errors import ConfigError, DataError
 
 
 @attrs.frozen
@@ -34,14 +35,14 @@ class BatchPlan:
     @classmethod
     def make(cls, global_batch: int, micro_batch: int, world_size: int) -> BatchPlan:
         if global_batch % world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch = {global_batch} (global) does not split over {world_size} ranks; "
                 f"use a multiple of {world_size}"
             )
         per_rank = global_batch // world_size
         micro = micro_batch or per_rank
         if per_rank % micro:
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch = {global_batch} gives {per_rank} images per rank over {world_size} rank(s), "
                 f"which train.micro_batch = {micro} does not divide; choose a divisor of {per_rank}"
             )
@@ -56,6 +57,12 @@ class BatchPlan:
         """Micro-batches per rank per optimizer step."""
         return self.per_rank // self.micro_batch
 
+    def example_indices(self, rank: int, micro: int) -> list[int]:
+        """Positions within the step's global batch (0 .. B-1) of micro-batch ``micro`` on ``rank``:
+        rank r takes every W-th position from r, and its micro-batches split those in order."""
+        m = self.micro_batch
+        return [rank + self.world_size * j for j in range(micro * m, (micro + 1) * m)]
+
 
 def position(consumed: int, dataset_len: int | None) -> dict[str, int]:
     """The data position for checkpoints: images consumed, and (epoch, index within the epoch)."""
@@ -69,7 +76,7 @@ class StreamOrder:
 
     def __init__(self, dataset_len: int, seed: int):
         if dataset_len <= 0:
-            raise ValueError("the data source returned an empty dataset; there is nothing to train on")
+            raise DataError("the data source returned an empty dataset; there is nothing to train on")
         self.n, self.seed = dataset_len, seed
         self._cache: dict[int, torch.Tensor] = {}
 
@@ -115,10 +122,8 @@ class MicroBatchIndices(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         plan, start = self.plan, self.start
         while True:
-            mine = [start + self.rank + plan.world_size * j for j in range(plan.per_rank)]
             for k in range(plan.accumulation):
-                chunk = mine[k * plan.micro_batch : (k + 1) * plan.micro_batch]
-                yield [self.order.locate(p) for p in chunk]
+                yield [self.order.locate(start + i) for i in plan.example_indices(self.rank, k)]
             start += plan.global_batch
 
 
@@ -142,7 +147,7 @@ def _iterable_micro_batches(
                 empty = False
                 yield item
             if empty:
-                raise ValueError("the data source's iterable dataset yielded nothing")
+                raise DataError("the data source's iterable dataset yielded nothing; check the [data] table")
 
     items = stream()
     for _ in range(consumed):  # resume: read past what earlier runs consumed

@@ -22,6 +22,7 @@ leaves a half-deleted folder under a valid name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from madkit.engine.disk_space import SaveFailedError, describe_failure, ensure_free, tensor_bytes
+from madkit.errors import UserError
 from madkit.spec_loading import flatten
 
 CHECKPOINTS = "checkpoints"
@@ -47,7 +50,7 @@ _WRAPPER_PARTS = re.compile(r"(^|\.)_orig_mod\.")
 _SHAPE_INSENSITIVE = ("train", "log", "name", "seed")  # spec sections that cannot change tensor shapes
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable or not what the caller needs."""
 
 
@@ -92,23 +95,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
-    """A checkpoint folder itself, or a run folder's latest checkpoint."""
-    path = Path(run_dir_or_ckpt)
-    if (path / STATE_FILE).is_file():
-        if not has_all_files(path):
-            missing = [f for f in FILES if not (path / f).is_file()]
-            raise CheckpointError(
-                f"checkpoint {path} is incomplete: missing {', '.join(missing)} (or {SHARDED_DIR}/.metadata)"
-            )
-        return path
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist; pass a run folder or a checkpoint folder")
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise CheckpointError(
-            f"{path} holds no complete checkpoint (looked for {path / CHECKPOINTS}/<step>/ with {', '.join(FILES)})"
-        )
-    return latest
+    """A checkpoint folder itself (whole or sharded), or a run folder's newest checkpoint; verified
+    either way (see madkit.engine.checkpoint_verify: a damaged newest checkpoint is skipped with a warning)."""
+    from madkit.engine.checkpoint_verify import choose_checkpoint
+
+    return choose_checkpoint(run_dir_or_ckpt)
 
 
 # --------------------------------------------------------------------------- writing
@@ -156,18 +147,53 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor],
     state: dict[str, Any],
     keep: int,
+    metadata: dict[str, str] | None = None,
+    protect: Path | None = None,
 ) -> Path:
-    """Write one checkpoint atomically, then keep only the newest ``keep``. Returns its folder."""
+    """Write one checkpoint atomically, then keep only the newest ``keep`` (and ``protect``).
+
+    ``metadata`` goes into the header of ``model.safetensors`` (readable without loading tensors).
+    The disk's free space is checked first; a failed write leaves no temp folder behind and raises
+    ``SaveFailedError`` saying "disk full" (or the OS error) and which checkpoint is still the latest.
+    Returns the new folder."""
     final = checkpoint_folder(run_dir, step)
     if is_complete(final):
         return final  # already written (e.g. the run resumed at its last step)
     sweep_temp_folders(run_dir)
-    tmp = temp_folder(final)
-    write_weights(tmp, model_state, ema_state)
-    write_state(tmp, state)
-    commit_folder(tmp, final)
-    prune(run_dir, keep)
+    model_cpu, ema_cpu = _to_cpu(model_state), _to_cpu(ema_state)
+    ensure_free_for(run_dir, step, tensor_bytes([model_cpu, ema_cpu, state]))
+    with writing_into(run_dir, step, final) as tmp:
+        save_file(model_cpu, tmp / MODEL_FILE, metadata={"format": "pt", **(metadata or {})})
+        save_file(ema_cpu, tmp / EMA_FILE, metadata={"format": "pt"})
+        write_state(tmp, state)
+    prune(run_dir, keep, protect)
     return final
+
+
+def ensure_free_for(run_dir: str | Path, step: int, need: int) -> None:
+    """``SaveFailedError`` ("disk full", what is still the latest) unless the checkpoint disk has ``need`` bytes."""
+    ensure_free(Path(run_dir) / CHECKPOINTS, need, f"the checkpoint of step {step}", _still_latest(run_dir))
+
+
+@contextlib.contextmanager
+def writing_into(run_dir: str | Path, step: int, final: Path):
+    """A temp folder beside ``final`` to write into, renamed to ``final`` when the block succeeds; when
+    it fails the folder is removed and ``SaveFailedError`` says why and what is still the latest."""
+    tmp = temp_folder(final)
+    try:
+        yield tmp
+        commit_folder(tmp, final)
+    except Exception as exc:  # safetensors raises SafetensorError, torch's zip writer RuntimeError
+        raise discard_failed_save(run_dir, step, tmp, exc) from exc
+
+
+def discard_failed_save(run_dir: str | Path, step: int, tmp: Path, exc: BaseException) -> SaveFailedError:
+    """Remove the temp folder of a save that failed; the error to raise says why and what is still the latest."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    return SaveFailedError(
+        f"the checkpoint of step {step} could not be written to {tmp.parent}: "
+        f"{describe_failure(exc, tmp.parent)}; the partial files were removed; {_still_latest(run_dir)}"
+    )
 
 
 def checkpoint_folder(run_dir: str | Path, step: int) -> Path:
@@ -182,11 +208,6 @@ def temp_folder(final: Path) -> Path:
     tmp = final.with_name(f"{_TMP_PREFIX}{final.name}-{os.getpid()}")
     tmp.mkdir(parents=True)
     return tmp
-
-
-def write_weights(folder: Path, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor]) -> None:
-    save_file(_to_cpu(model_state), folder / MODEL_FILE, metadata={"format": "pt"})
-    save_file(_to_cpu(ema_state), folder / EMA_FILE, metadata={"format": "pt"})
 
 
 def write_state(folder: Path, state: dict[str, Any]) -> None:
@@ -208,16 +229,22 @@ def commit_folder(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
+def _still_latest(run_dir: str | Path) -> str:
+    latest = latest_checkpoint(run_dir)
+    return f"the latest checkpoint is still {latest}" if latest else "no checkpoint had been written yet"
+
+
 def _remove(folder: Path) -> None:
     doomed = folder.with_name(f"{_TMP_PREFIX}del-{folder.name}-{os.getpid()}")
     os.replace(folder, doomed)  # first leave the valid namespace, atomically
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def prune(run_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints; returns what was deleted."""
+def prune(run_dir: str | Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints, never ``protect`` (the newest
+    checkpoint that passed the health check); returns what was deleted."""
     found = list_checkpoints(run_dir)
-    doomed = [p for _, p in found[: max(0, len(found) - keep)]]
+    doomed = [p for _, p in found[: max(0, len(found) - keep)] if protect is None or p != Path(protect)]
     for folder in doomed:
         _remove(folder)
     return doomed
@@ -241,17 +268,23 @@ def load_state(ckpt: str | Path, device: torch.device | str = "cpu") -> dict[str
         raise CheckpointError(f"{path}: cannot be read as a madkit checkpoint state: {exc}") from exc
 
 
-def stored_spec(ckpt: str | Path) -> dict[str, Any]:
-    """The resolved spec a checkpoint was trained with, without reading its tensors (the state file is
-    memory-mapped, so a 1B-parameter model's optimizer state costs nothing here)."""
+def stored_state_value(ckpt: str | Path, key: str) -> Any:
+    """One entry of a checkpoint's ``state.pt`` (None if absent), without reading its tensors (the state
+    file is memory-mapped, so a 1B-parameter model's optimizer state costs nothing here)."""
     path = Path(ckpt) / STATE_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot be read as a madkit checkpoint state: {exc}") from exc
-    if "spec" not in state:
-        raise CheckpointError(f"{path} holds no resolved spec; it was not written by madkit")
-    return state["spec"]
+    return state.get(key) if isinstance(state, dict) else None
+
+
+def stored_spec(ckpt: str | Path) -> dict[str, Any]:
+    """The resolved spec a checkpoint was trained with, without reading its tensors."""
+    spec = stored_state_value(ckpt, "spec")
+    if spec is None:
+        raise CheckpointError(f"{Path(ckpt) / STATE_FILE} holds no resolved spec; it was not written by madkit")
+    return spec
 
 
 def load_weights(ckpt: str | Path, use_ema: bool, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -17,6 +17,8 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from madkit.errors import ConfigError
+
 
 @attrs.frozen
 class DistEnv:
@@ -42,15 +44,15 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(preference)
     except RuntimeError:
-        raise ValueError(f"train.device: {preference!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"train.device: {preference!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device asks for CUDA but torch sees no CUDA device; use 'auto' or 'cpu'")
+            raise ConfigError("train.device asks for CUDA but torch sees no CUDA device; use 'auto' or 'cpu'")
         # under torchrun each process takes the device of its local rank, whatever index was named
         under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
         index = local_rank if under_torchrun else (device.index or 0)
         if index >= torch.cuda.device_count():
-            raise ValueError(f"local rank {local_rank} needs cuda:{index} but only {torch.cuda.device_count()} exist")
+            raise ConfigError(f"local rank {local_rank} needs cuda:{index} but only {torch.cuda.device_count()} exist")
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     return device
@@ -117,6 +119,23 @@ def decide_on_main(env: DistEnv, decide: Callable[[], Any]) -> Any:
     if outcome[1] is not None:
         raise RuntimeError(f"rank 0 failed: {outcome[1]}")
     return outcome[0]
+
+
+def all_ranks_succeed(env: DistEnv, work: Callable[[], Any]) -> Any:
+    """Run ``work()`` on every rank; if it raises on any rank, it raises on every rank (its own error
+    where it failed, a RuntimeError naming the failed rank elsewhere), so none goes on alone."""
+    result, error = None, None
+    try:
+        result = work()
+    except Exception as exc:  # noqa: BLE001  (re-raised below, after every rank has reported)
+        error = exc
+    reports = gather_objects(env, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+    if failed:
+        raise RuntimeError(f"rank {failed[0][0]} failed: {failed[0][1]}")
+    return result
 
 
 def gather_objects(env: DistEnv, obj: Any) -> list[Any]:

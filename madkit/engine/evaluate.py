@@ -30,6 +30,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from madkit.errors import ConfigError
+from madkit.image_depth import to_8bit
 from madkit.interfaces import DataSource, FeatureExtractor, FeatureSet, Metric
 from madkit.registry import Registry
 from madkit.spec import Problems, SpecError, make_converter, slot, structure
@@ -56,7 +58,7 @@ class ImageSet:
 
 def tensor_images(images: torch.Tensor, source: str = "tensor") -> ImageSet:
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(
+        raise ConfigError(
             f"{source}: expected uint8 images [n, 3, H, W], got {images.dtype} {tuple(images.shape)}; "
             f"convert [-1, 1] floats with madkit.engine.evaluate.to_uint8"
         )
@@ -70,11 +72,11 @@ def folder_images(folder: str | Path) -> ImageSet:
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        raise ConfigError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
 
     def read(path: Path) -> torch.Tensor:
         with Image.open(path) as image:
-            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+            return torch.from_numpy(np.array(to_8bit(image).convert("RGB"))).permute(2, 0, 1)
 
     def batches(batch_size: int) -> Iterator[torch.Tensor]:
         size = None
@@ -83,7 +85,7 @@ def folder_images(folder: str | Path) -> ImageSet:
             for path, image in zip(files[start : start + batch_size], images):
                 size = size or image.shape
                 if image.shape != size:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{path}: {image.shape[2]}x{image.shape[1]} pixels, but earlier images in {folder} are "
                         f"{size[2]}x{size[1]}; all images of a set must share one size"
                     )
@@ -104,8 +106,10 @@ def deterministic_dataset(source: DataSource) -> Dataset:
 def data_images(data: Any, num: int = 0, seed: int = 0) -> ImageSet:
     """A data source's images through ``to_uint8``: all of them, or a seeded random ``num`` (the first
     ``num`` of an iterable dataset). ``data`` is a data config (built here) or a DataSource."""
+    from madkit.build import build_part
+
     config = data if attrs.has(type(data)) else None
-    source: DataSource = data.build() if config is not None else data
+    source: DataSource = build_part(Registry.load, "data", data) if config is not None else data
     if not isinstance(source, DataSource):
         raise TypeError(f"expected a data config or a DataSource, got {type(data).__name__}")
 
@@ -155,7 +159,7 @@ def extract(extractor: FeatureExtractor, images: ImageSet, batch_size: int = 64)
         count += len(batch)
     bar.close()
     if count == 0:
-        raise ValueError(f"{images.source}: no images")
+        raise ConfigError(f"{images.source}: no images")
     features = {role: torch.cat(values) for role, values in parts.items()}
     return FeatureSet(extractor.name, count, digest.hexdigest(), images.source, features)
 
@@ -191,26 +195,26 @@ def load_reference(path: str | Path) -> FeatureSet:
         with np.load(path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
     except FileNotFoundError:
-        raise FileNotFoundError(f"reference statistics {str(path)!r} not found; {fix}") from None
+        raise ConfigError(f"reference statistics {str(path)!r} not found; {fix}") from None
     except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable .npz statistics file ({exc}); {fix}") from None
+        raise ConfigError(f"{path}: not a readable .npz statistics file ({exc}); {fix}") from None
     if str(arrays.get("format", "")) != STATS_FORMAT:
-        raise ValueError(f"{path}: not a madkit statistics file (it lacks format = {STATS_FORMAT!r}); {fix}")
+        raise ConfigError(f"{path}: not a madkit statistics file (it lacks format = {STATS_FORMAT!r}); {fix}")
     missing = [k for k in ("version", "extractor", "count", "content_hash", "source", "mu", "sigma") if k not in arrays]
     if missing:
-        raise ValueError(f"{path}: statistics file lacks {missing}; {fix}")
+        raise ConfigError(f"{path}: statistics file lacks {missing}; {fix}")
     if int(arrays["version"]) != STATS_VERSION:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: statistics version {int(arrays['version'])}, this madkit reads {STATS_VERSION}; {fix}"
         )
     mu, sigma, count = arrays["mu"], arrays["sigma"], int(arrays["count"])
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together (want [f] and [f, f])")
+        raise ConfigError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together (want [f] and [f, f])")
     features = {
         k.removeprefix("features_"): torch.from_numpy(v) for k, v in arrays.items() if k.startswith("features_")
     }
     if any(len(v) != count for v in features.values()):
-        raise ValueError(f"{path}: stored features do not hold count = {count} rows")
+        raise ConfigError(f"{path}: stored features do not hold count = {count} rows")
     source = f"stats {path} (of {arrays['source']})"
     return FeatureSet(str(arrays["extractor"]), count, str(arrays["content_hash"]), source, features, (mu, sigma))
 
@@ -287,7 +291,9 @@ def resolve_extractor(extractor: Any, registry: Registry | None = None, data: An
 def _resolve_extractor(extractor: Any, registry: Callable[[], Registry], data: Any) -> FeatureExtractor:
     if isinstance(extractor, FeatureExtractor):
         return extractor
-    return _config(extractor, "extractor", "extractor", registry).build(data=data)
+    from madkit.build import build_part
+
+    return build_part(registry, "extractor", _config(extractor, "extractor", "extractor", registry), data=data)
 
 
 def resolve_metrics(metrics: Sequence[Any], registry: Registry | None = None) -> list[Metric]:
@@ -297,12 +303,14 @@ def resolve_metrics(metrics: Sequence[Any], registry: Registry | None = None) ->
 def _resolve_metrics(metrics: Sequence[Any], registry: Callable[[], Registry]) -> list[Metric]:
     if isinstance(metrics, (str, dict)):
         metrics = [metrics]
+    from madkit.build import build_part
+
     out = [
-        m if isinstance(m, Metric) else _config(m, "metric", f"metrics[{i}]", registry).build()
+        m if isinstance(m, Metric) else build_part(registry, "metric", _config(m, "metric", f"metrics[{i}]", registry))
         for i, m in enumerate(metrics)
     ]
     if not out:
-        raise ValueError("no metrics asked for; name at least one, e.g. metrics=['fid']")
+        raise ConfigError("no metrics asked for; name at least one, e.g. metrics=['fid']")
     return out
 
 
@@ -324,7 +332,7 @@ def _reference(reference: Any, num: int, registry: Callable[[], Registry]) -> Im
             return load_reference(path)
         if path.suffix == ".toml":
             return data_images(load_data_config(path, registry=registry()), num)
-        raise ValueError(
+        raise ConfigError(
             f"reference {str(path)!r}: expected a folder of images, a .npz statistics file or a .toml spec "
             f"with a [data] table" + ("" if path.exists() else " (and it does not exist)")
         )
@@ -356,14 +364,14 @@ def compute_metrics(
     unary = all(not m.needs_reference for m in metric_objs)
     if reference is None and not unary:
         needing = [m.name for m in metric_objs if m.needs_reference]
-        raise ValueError(f"metrics {needing} compare against a reference: pass a folder, a .npz file or a data spec")
+        raise ConfigError(f"metrics {needing} compare against a reference: pass a folder, a .npz file or a data spec")
     ref = None if reference is None else _reference(reference, num_reference, get_registry)
     if data is None and isinstance(ref, ImageSet):
         data = ref.data
     feature_extractor = _resolve_extractor(extractor, get_registry, data)
     if isinstance(ref, FeatureSet) and ref.extractor != feature_extractor.name:
         # checked before any image is embedded: statistics of another network cannot be compared
-        raise ValueError(
+        raise ConfigError(
             f"{ref.source} was computed with extractor {ref.extractor!r}, but this evaluation uses "
             f"{feature_extractor.name!r}; evaluate with the extractor that made them, or recompute them "
             f"with `madkit fid-stats DATA_SPEC --extractor ...`"

@@ -28,12 +28,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from madkit.errors import UserError
+
 FORMAT_VERSION = 1
 FORMAT_KEY = "madkit_export"
 WEIGHTS_FILE, SPEC_FILE, CARD_FILE = "model.safetensors", "config.resolved.toml", "README.md"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export folder is unreadable, from a newer madkit, or cannot be written where asked."""
 
 

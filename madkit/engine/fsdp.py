@@ -34,6 +34,8 @@ import os
 import torch
 from torch import nn
 
+from madkit.errors import ConfigError
+
 STRATEGIES = ("ddp", "fsdp", "hsdp")
 PARAM_DTYPES = ("auto", "fp32", "bf16")
 
@@ -48,7 +50,7 @@ def mesh_shape(strategy: str, world_size: int, shard_ranks: int) -> tuple[int, .
         return (world_size,)
     shard = shard_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     if shard <= 0 or world_size % shard:
-        raise ValueError(
+        raise ConfigError(
             f"train.shard_ranks = {shard} does not divide the {world_size} rank(s) into equal shard groups; "
             f"choose a divisor of {world_size} (usually the GPUs per node)"
         )
@@ -68,10 +70,10 @@ def block_policy(precision: str, param_dtype: str):
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     if precision == "fp16":
-        raise ValueError("train.precision = 'fp16' is not supported with a sharded strategy; use 'bf16'")
+        raise ConfigError("train.precision = 'fp16' is not supported with a sharded strategy; use 'bf16'")
     gather_bf16 = param_dtype == "bf16" or (param_dtype == "auto" and precision == "bf16")
     if gather_bf16 and precision != "bf16":
-        raise ValueError(
+        raise ConfigError(
             f"train.fsdp_param_dtype = 'bf16' needs train.precision = 'bf16' (it is {precision!r}): the blocks' "
             "bf16 weights meet fp32 activations only under autocast"
         )

@@ -15,13 +15,14 @@ import torch
 from tqdm.auto import tqdm
 
 from madkit.engine import rng
+from madkit.errors import ConfigError
 from madkit.interfaces import Codec, GenerativeModel, Sampler
 
 
 def shard_indices(num: int, shard: tuple[int, int] = (0, 1)) -> list[int]:
     i, k = shard
     if not (k >= 1 and 0 <= i < k):
-        raise ValueError(f"shard {i}/{k} is invalid: need 0 <= i < k")
+        raise ConfigError(f"shard {i}/{k} is invalid: need 0 <= i < k")
     return list(range(i, num, k))
 
 
@@ -30,7 +31,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, k = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r}: expected i/k such as 0/4") from None
+        raise ConfigError(f"--shard {text!r}: expected i/k such as 0/4") from None
     shard_indices(0, (i, k))
     return i, k
 

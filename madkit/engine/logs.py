@@ -44,7 +44,9 @@ def format_line(step: int, total: int, record: dict[str, Any]) -> str:
 def build_sinks(kinds: Sequence[str], registry, run_dir: Path, config: dict[str, Any] | None = None) -> list[Sink]:
     """One sink per kind in ``log.sinks``, each built with its default config; ``config`` (the
     resolved spec) is handed to each sink's ``log_config``."""
-    sinks = [registry.get("sink", kind).config_cls().build(run_dir=run_dir) for kind in kinds]
+    from madkit.build import build_part
+
+    sinks = [build_part(registry, "sink", registry.get("sink", kind).config_cls(), run_dir=run_dir) for kind in kinds]
     if config is not None:
         for sink in sinks:
             sink.log_config(config)

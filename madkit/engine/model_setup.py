@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from madkit.cache import cache_root
+from madkit.errors import ConfigError
 from madkit.interfaces import GenerativeModel, NoiseSchedule
 
 
 class LossModule(nn.Module):
-    """forward(latents, labels, generator) -> the model's loss dict (what DDP wraps)."""
+    """forward(latents, labels, generators) -> the model's loss dict (what DDP wraps)."""
 
     def __init__(self, model: GenerativeModel, schedule: NoiseSchedule):
         super().__init__()
@@ -27,9 +28,9 @@ class LossModule(nn.Module):
         self.schedule = schedule
 
     def forward(
-        self, latents: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None
+        self, latents: torch.Tensor, labels: torch.Tensor | None, generators: list[torch.Generator]
     ) -> dict[str, torch.Tensor]:
-        out = self.model.loss(latents, labels, self.schedule, generator)
+        out = self.model.loss(latents, labels, self.schedule, generators)
         if not isinstance(out, dict) or "loss" not in out:
             raise TypeError(
                 f"{type(self.model).__name__}.loss must return a dict with key 'loss' (the optimised "
@@ -42,7 +43,7 @@ def enable_activation_checkpointing(model: nn.Module, model_kind: str) -> None:
     """Ask the model to recompute activations in backward (it knows its own block boundaries)."""
     setter = getattr(model, "set_activation_checkpointing", None)
     if not callable(setter):
-        raise ValueError(  # noqa: TRY004  (a spec setting the model cannot honour: the CLI's exit 1)
+        raise ConfigError(  # a spec setting the model cannot honour: exit 2
             f"train.activation_checkpointing = true, but the {model_kind!r} model has no "
             "set_activation_checkpointing(enabled) method; set it to false or add the method to the model"
         )

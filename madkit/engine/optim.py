@@ -21,6 +21,7 @@ import attrs
 import torch
 from torch import nn
 
+from madkit.errors import ConfigError
 from madkit.experiment_spec import TrainConfig
 
 _DECAYING_MODULES = (
@@ -157,7 +158,7 @@ class LRSchedule:
             span = max(1, self.total_steps - self.warmup_steps)
             r = min(1.0, (step - self.warmup_steps) / span)
             return 0.5 * (1.0 + math.cos(math.pi * r))
-        raise ValueError(f"unknown train.lr_schedule {self.kind!r}; use wsd, cosine or constant")
+        raise ConfigError(f"unknown train.lr_schedule {self.kind!r}; use wsd, cosine or constant")
 
     def lr(self, step: int) -> float:
         return self.base_lr * self.factor(step)

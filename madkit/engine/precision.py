@@ -14,6 +14,8 @@ import contextlib
 import attrs
 import torch
 
+from madkit.errors import ConfigError
+
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -44,9 +46,9 @@ def resolve_precision(knob: str, device: torch.device) -> Precision:
         bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return Precision("bf16" if bf16_ok else "fp32", device.type)
     if knob not in _DTYPES:
-        raise ValueError(f"train.precision: unknown value {knob!r}; use auto, fp32, bf16 or fp16")
+        raise ConfigError(f"train.precision: unknown value {knob!r}; use auto, fp32, bf16 or fp16")
     if knob == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(
+        raise ConfigError(
             f"train.precision = 'bf16' but {torch.cuda.get_device_name(device)} has no bf16 support; "
             "use 'fp16' or 'auto'"
         )

@@ -37,6 +37,7 @@ import torch
 
 from madkit.engine.checkpoint import save_checkpoint, unwrapped_name
 from madkit.engine.run_dir import RunDir, collect_versions
+from madkit.errors import UserError
 from madkit.interfaces import ReferenceLayout
 
 WEIGHT_KEYS = ("ema", "model")
@@ -44,7 +45,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _SHOWN = 4  # names listed per problem; the count says how many more
 
 
-class ReferenceImportError(ValueError):
+class ReferenceImportError(UserError, ValueError):
     """The file is not the released checkpoint, or not one that fits the spec; nothing was written."""
 
 

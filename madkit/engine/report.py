@@ -26,6 +26,7 @@ from typing import Any
 
 from madkit.engine.run_dir import RunDir, read_metrics
 from madkit.engine.spread import SUMMARY_KIND, format_number, is_spread, with_spread
+from madkit.errors import UserError
 
 THUMBNAIL_SIDE = 640  # px, longest side of an inlined sample grid
 MAX_GRIDS = 8  # sample grids shown, evenly spaced over training (the last always)
@@ -283,9 +284,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default RUN/report.html); returns its path."""
     run = RunDir(run_dir)
     if not run.root.is_dir():
-        raise FileNotFoundError(f"{run.root} is not a folder; pass a run folder (what `madkit run --out` wrote)")
+        raise UserError(f"{run.root} is not a folder; pass a run folder (what `madkit run --out` wrote)")
     if not (run.config.is_file() or run.metrics.is_file()):
-        raise ValueError(
+        raise UserError(
             f"{run.root} is not a madkit run folder: it has neither {run.config.name} nor {run.metrics.name}"
         )
     out = Path(out) if out is not None else run.root / "report.html"

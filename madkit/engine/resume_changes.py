@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from madkit.engine.checkpoint import all_spec_differences
+from madkit.errors import ConfigError
 
 # dotted keys (or whole sections) whose change leaves the optimisation itself as it was
 NEUTRAL = (
@@ -36,12 +37,13 @@ NEUTRAL = (
     "train.deterministic",
     "train.latent_cache",
     "train.ddp_find_unused",
+    "train.health",  # when to stop or warn, not what is learned
     "train.strategy",  # a sharded checkpoint resumes whole and a whole one sharded, on any number of ranks
     "train.shard_ranks",
 )
 
 
-class ResumeChangeError(ValueError):
+class ResumeChangeError(ConfigError):
     """The spec given to a resumed run changes what is being learned."""
 
 

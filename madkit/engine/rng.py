@@ -1,16 +1,18 @@
 """Seeds derived from named coordinates, and capture/restore of the global RNGs.
 
 Randomness the trainer controls never flows through one long-lived generator: each use gets a
-fresh generator seeded from (spec seed, purpose, coordinates), e.g. ("loss", rank, step, micro).
-That makes a resumed run draw exactly what an uninterrupted run would, makes ranks independent,
-and makes sample grids use the same noise at every step. The global RNGs (which plugins may use,
-e.g. for dropout or augmentation) are captured into checkpoints as plain tensors and ints, so
+fresh generator seeded from (spec seed, purpose, coordinates), e.g. ("loss", step, example index
+in the global batch; ``indexed_generators`` makes a step's worth at once). That makes a resumed run
+draw exactly what an uninterrupted run would, makes the draws independent of how a batch is split
+into ranks and micro-batches, and makes sample grids use the same noise at every step. The global
+RNGs (which plugins may use, e.g. for dropout or augmentation) are captured into checkpoints as plain tensors and ints, so
 ``torch.load(weights_only=True)`` reads them back.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,27 @@ def generator(seed: int, purpose: str, *coords: int, device: torch.device | str 
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(seed, purpose, *coords))
     return g
+
+
+def indexed_generators(
+    seed: int, purpose: str, coords: tuple[int, ...], indices: Sequence[int], device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
+    """One generator per index, seeded by (seed, purpose, coords, index) and nothing else.
+
+    One SeedSequence serves them all: its output words are a fixed stream (asking for more words
+    never changes the first ones), and index i takes words 2i and 2i + 1. So a generator does not
+    depend on which other indices are asked for with it, and a step's examples cost one hash call
+    instead of one each."""
+    if not indices:
+        return []
+    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, _PURPOSES[purpose], *(int(c) for c in coords)]
+    words = np.random.SeedSequence(entropy).generate_state(2 * (max(indices) + 1), dtype=np.uint32)
+    out = []
+    for i in indices:
+        g = torch.Generator(device=device)
+        g.manual_seed((int(words[2 * i]) << 31) ^ int(words[2 * i + 1]))
+        out.append(g)
+    return out
 
 
 def seed_globals(seed: int, rank: int) -> None:

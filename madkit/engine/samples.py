@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -52,5 +53,9 @@ def save_grid(images: torch.Tensor, path: Path) -> torch.Tensor:
     scale = max(1, math.ceil(MIN_IMAGE_SIDE / max(images.shape[-2:])))
     grid = grid.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
+    # written aside and renamed: a kill mid-write never leaves a torn grid under the final name
+    # (a resumed run redraws a missing grid, but would trust a torn one)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_image(grid, tmp, format="png")
+    os.replace(tmp, path)
     return (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from madkit.engine import checkpoint, distributed
+from madkit.engine.disk_space import tensor_bytes
 from madkit.engine.distributed import DistEnv
 
 
@@ -47,29 +48,45 @@ def save(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any] | None,
     keep: int,
+    protect: Path | None = None,
 ) -> Path:
     """Collective: every rank writes its slices; rank 0 adds ``state`` (its own; ignored elsewhere),
-    renames the folder into place and prunes old checkpoints. Returns the folder on every rank."""
+    renames the folder into place and prunes old checkpoints (never ``protect``). Returns the folder
+    on every rank. As for a whole checkpoint, rank 0 checks the free space first (the global tensor
+    sizes: a DTensor counts whole), and a failed write on any rank removes the temp folder and raises
+    ``SaveFailedError`` on every rank, saying why and which checkpoint is still the latest."""
     import torch.distributed.checkpoint as dcp
+
+    parts = _state_dicts(model, ema, optimizer)
 
     def begin() -> tuple[str | None, str]:
         final = checkpoint.checkpoint_folder(run_dir, step)
         if checkpoint.is_complete(final):
             return None, str(final)
         checkpoint.sweep_temp_folders(run_dir)
+        checkpoint.ensure_free_for(run_dir, step, tensor_bytes([parts, state]))
         return str(checkpoint.temp_folder(final)), str(final)
 
     tmp, final = distributed.decide_on_main(env, begin)
     if tmp is None:
         return Path(final)
-    dcp.save(_state_dicts(model, ema, optimizer), checkpoint_id=Path(tmp) / checkpoint.SHARDED_DIR)
-    distributed.barrier(env)  # every rank's files are written before the folder is committed
-    if env.is_main:
-        checkpoint.write_state(Path(tmp), {**state, "layout": "sharded"})
-        checkpoint.commit_folder(Path(tmp), Path(final))
-        checkpoint.prune(run_dir, keep)
+    tmp, final = Path(tmp), Path(final)
+
+    def commit() -> None:
+        checkpoint.write_state(tmp, {**state, "layout": "sharded"})
+        checkpoint.commit_folder(tmp, final)
+        checkpoint.prune(run_dir, keep, protect)
+
+    try:
+        # every rank's files are written before the folder is committed; a failure anywhere fails everywhere
+        distributed.all_ranks_succeed(env, lambda: dcp.save(parts, checkpoint_id=tmp / checkpoint.SHARDED_DIR))
+        distributed.decide_on_main(env, commit)
+    except Exception as exc:  # noqa: BLE001  (DCP wraps the OS error of whichever rank failed)
+        if env.is_main:
+            raise checkpoint.discard_failed_save(run_dir, step, tmp, exc) from exc
+        raise
     distributed.barrier(env)
-    return Path(final)
+    return final
 
 
 def load(ckpt: Path, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer, collective: bool):

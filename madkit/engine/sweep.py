@@ -46,6 +46,7 @@ from madkit.engine.evaluate import (
 from madkit.engine.generate import check_guidance, generate_images, shard_indices
 from madkit.engine.inference import WeightsSource, load_for_inference, resolve_weights, stored_spec
 from madkit.engine.spread import spread_key
+from madkit.errors import ConfigError, UserError
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
 from madkit.registry import Registry
 
@@ -80,22 +81,45 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def read_eval_jsons(folder: str | Path) -> list[dict[str, Any]]:
-    """Every readable JSON object under ``folder``/eval: eval records and the FID protocol's summaries
-    (unreadable or foreign JSON files are skipped)."""
-    found = []
-    for path in sorted((Path(folder) / EVAL_DIR).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(record, dict):
-            found.append(record)
-    return found
+    """Every JSON object under ``folder``/eval: eval records and the FID protocol's summaries. JSON
+    that is neither (notes a person left there) is skipped; a damaged file, or a record without what
+    readers use, is a UserError naming it (see ``read_eval_json``)."""
+    found = [read_eval_json(path) for path in sorted((Path(folder) / EVAL_DIR).glob("*.json"))]
+    return [r for r in found if isinstance(r, dict)]
 
 
 def read_eval_records(folder: str | Path) -> list[dict[str, Any]]:
-    """Every readable eval record under ``folder``/eval."""
+    """Every eval record under ``folder``/eval."""
     return [r for r in read_eval_jsons(folder) if isinstance(r.get("metric_values"), dict)]
+
+
+# what readers of eval records use, as (dotted key, accepted type)
+_EVAL_FIELDS = (
+    ("metric_values", dict), ("extractor", str), ("checkpoint.step", int), ("checkpoint.weights", str),
+    ("sampling.sampler", str), ("sampling.steps", int), ("sampling.num", int),
+)
+
+
+def read_eval_json(path: Path) -> Any:
+    """One file of eval/: its JSON, with an eval record (a dict holding ``metric_values``) checked for
+    every field readers use; unreadable or damaged, a UserError that names the file and the key."""
+    fix = "delete it, or write it again with `madkit eval RUN --force`"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file, so not a madkit eval record; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); {fix}") from None
+    if not (isinstance(record, dict) and "metric_values" in record):
+        return record
+    for key, kind in _EVAL_FIELDS:
+        value: Any = record
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            found = "missing" if value is None else f"{type(value).__name__} {value!r:.40}"
+            raise UserError(f"{path}: {key}: expected {kind.__name__}, found {found}; not a madkit eval record; {fix}")
+    return record
 
 
 # --------------------------------------------------------------------------- what is evaluated
@@ -193,7 +217,7 @@ class Evaluator:
 
     def __init__(self, registry: Registry, request: Request, log: Callable[[str], None] = _log):
         if request.num < 2:
-            raise ValueError(f"num = {request.num}: FID-style metrics need at least 2 generated images")
+            raise ConfigError(f"num = {request.num}: FID-style metrics need at least 2 generated images")
         self.registry, self.request, self.log = registry, request, log
         self.metrics = resolve_metrics(
             [{"kind": kind, **request.metric_config.get(kind, {})} for kind in request.metrics], registry
@@ -231,7 +255,7 @@ class Evaluator:
             source = reference_images(req.reference if given else run.data, req.num_reference, self.registry)
             if isinstance(source, FeatureSet):
                 if source.extractor != extractor.name:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{source.source} was computed with extractor {source.extractor!r}, but this evaluation "
                         f"uses {extractor.name!r}; pass --extractor matching the statistics, or recompute them "
                         f"with `madkit fid-stats DATA_SPEC --extractor ...`"
@@ -272,11 +296,11 @@ class Evaluator:
         sampler, sampler_kind = self.sampler(run)
         steps = steps or sampler.steps
         if steps <= 0:
-            raise ValueError(f"steps must be positive, got {steps}")
+            raise ConfigError(f"steps must be positive, got {steps}")
         table = self.extractor_table(run)
         name = name or point_name(run, req, sampler_kind, steps, str(table.get("kind")))
         if not _NAME_OK.match(name):
-            raise ValueError(f"eval name {name!r}: use letters, digits, '.', '_' and '-' only")
+            raise ConfigError(f"eval name {name!r}: use letters, digits, '.', '_' and '-' only")
         settings = {
             "checkpoint": str(run.checkpoint.resolve()), "step": run.step, "weights": run.weights,
             "sampler": sampler_kind, "steps": steps, "guidance": req.guidance, "seed": req.seed,
@@ -352,7 +376,7 @@ class Evaluator:
     def _check_statistics(self, reference: FeatureSet) -> None:
         needing = [m.name for m in self.metrics if m.needs_reference_features]
         if needing and not reference.features:
-            raise ValueError(
+            raise ConfigError(
                 f"metrics {needing} compare features, but {reference.source} holds only statistics; write it "
                 f"with `madkit fid-stats --keep-features`, or evaluate against the data itself"
             )
@@ -408,7 +432,7 @@ def _combine(parts: Sequence[dict], num: int, extractor: str, source: str) -> tu
     depend on the batch size or on how the images were sharded."""
     indices = [i for p in parts for i in p["indices"]]
     if sorted(indices) != list(range(num)):
-        raise ValueError(f"the shards hold {len(indices)} images, {len(set(indices))} distinct, but should hold each "
+        raise ConfigError(f"the shards hold {len(indices)} images, {len(set(indices))} distinct, but should hold each "
                          f"of 0..{num - 1} exactly once; delete the .parts folder and generate again")
     order = torch.tensor(indices).argsort()
     roles = parts[0]["features"].keys()
@@ -562,7 +586,7 @@ def run_sweep(
     """Evaluate every run (folder or checkpoint) at every step count, and with ``budget`` also at the
     largest step count whose sampling FLOPs per image fit it."""
     if not steps and budget is None:
-        raise ValueError("nothing to evaluate: give step counts, a FLOPs budget, or both")
+        raise ConfigError("nothing to evaluate: give step counts, a FLOPs budget, or both")
     rows: list[dict[str, Any]] = []
     metric_keys: list[str] = []
     for path in paths:
@@ -571,7 +595,7 @@ def run_sweep(
         matched = None
         if budget is not None:
             if run.cost(1) is None:
-                raise ValueError(f"{path}: its model reports no sampling cost, so it cannot be matched to a budget")
+                raise ConfigError(f"{path}: its model reports no sampling cost, so it cannot be matched to a budget")
             matched = steps_within_budget(run.cost, budget, max_sampling_steps(run.schedule))
             if matched is None:
                 evaluator.log(f"{path}: even 1 step costs {run.cost(1)['sample_flops_per_image']:.3g} FLOPs per "

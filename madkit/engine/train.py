@@ -3,26 +3,31 @@
 One optimizer step, on every rank:
 
     for each of this rank's micro-batches (B / world / micro of them):
-        encode images -> latents; loss = model.loss(...) under autocast
+        encode images -> latents; loss = model.loss(..., one generator per example) under autocast
         backward(loss * micro / (B / world))      # DDP averages over ranks: the global mean
         (DDP all-reduces only on the last micro-batch: no_sync on the others)
-    unscale (fp16), clip the global grad norm, stop on a non-finite loss, AdamW step, EMA update
+    unscale (fp16), clip the global grad norm, health check (NaN, divergence), AdamW step, EMA update
 
-Everything a step draws comes from generators seeded by (seed, purpose, rank, step, micro) and the
-data order is a function of (seed, images consumed), so a resumed run repeats exactly what an
-uninterrupted run does. Rank 0 owns the run folder: metrics, sinks, sample grids and checkpoints.
+Example i of a step's global batch draws its loss randomness from a generator seeded by
+(seed, step, i), and the data order is a function of (seed, images consumed): a resumed run
+repeats exactly what an uninterrupted run does, and one global batch gives the same gradient
+however it is split into ranks and micro-batches. Rank 0 owns the run folder: metrics, sinks,
+sample grids and checkpoints, under an exclusive lock held for the whole run (madkit.engine.run_lock).
 
 ``train.strategy`` chooses how ranks share the model: ``ddp`` (a whole copy each, DDP) or ``fsdp`` /
 ``hsdp`` (sharded with FSDP2, see fsdp.py; every rank then keeps its slice of the EMA, samples
 together with the others and writes its slice of each checkpoint, see sharded_checkpoint.py).
 
-Nothing is written before every input has been checked: a missing dataset or a checkpoint that
-does not fit the spec stops the run with the run folder untouched.
+Nothing is written before every input has been checked: a missing dataset, an unreadable first
+batch or a checkpoint that does not fit the spec stops the run with the run folder untouched.
+Damaged checkpoints are skipped and moved aside (madkit.engine.checkpoint_verify); the health
+guard (madkit.engine.health) stops a diverging run before it saves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -33,10 +38,11 @@ import attrs
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from madkit.build import build_experiment
-from madkit.engine import batches, checkpoint, distributed, fsdp, rng, sharded_checkpoint
+from madkit.build import build_experiment, describe_part
+from madkit.engine import batches, checkpoint, checkpoint_verify, distributed, fsdp, rng, sharded_checkpoint
 from madkit.engine.console_log import ConsoleLog, console_log
 from madkit.engine.ema import EMA
+from madkit.engine.health import HealthGuard
 from madkit.engine.init_from import initialize_from
 from madkit.engine.logs import Reporter, build_sinks, memory_gb
 from madkit.engine.model_setup import (
@@ -57,14 +63,12 @@ from madkit.engine.precision import resolve_precision
 from madkit.engine.resume_changes import check_resume
 from madkit.engine.resume_changes import describe as describe_changes
 from madkit.engine.run_dir import RunDir, collect_versions
+from madkit.engine.run_lock import RunFolderBusyError, RunLock
 from madkit.engine.samples import sample_images, save_grid
 from madkit.engine.threads import apply_threads
 from madkit.engine.train_data import training_data
+from madkit.errors import ConfigError, DataError, UserError
 from madkit.experiment_spec import LoadedSpec, with_current_defaults
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient norm became NaN/inf; the step was not applied."""
 
 
 class DivergedRanksError(RuntimeError):
@@ -81,20 +85,29 @@ class TrainResult:
 
 
 def train(
-    loaded: LoadedSpec, registry, out: str | Path, stop_after: int | None = None, allow_changes: bool = False
+    loaded: LoadedSpec,
+    registry,
+    out: str | Path,
+    stop_after: int | None = None,
+    allow_changes: bool = False,
+    from_step: int | None = None,
 ) -> TrainResult:
     """Train the experiment ``loaded`` describes into the run folder ``out``.
 
     ``stop_after`` ends this invocation after that many optimizer steps in total (saving a
     checkpoint) while schedules still span ``train.steps``: for time-limited jobs that resume.
     ``allow_changes`` lets a resumed run continue with a spec whose training values differ from its
-    checkpoint's (see madkit.engine.resume_changes). Under torchrun every rank calls this; rank 0 writes.
+    checkpoint's (see madkit.engine.resume_changes). ``from_step`` continues from the run folder's
+    checkpoint of that step instead of its newest; the newer ones are moved to RUN/set-aside/.
+    Under torchrun every rank calls this; rank 0 writes.
     """
     env = distributed.setup(loaded.spec.train.device, group_when_alone=fsdp.is_sharded(loaded.spec.train.strategy))
+    lock = RunLock(out, "madkit run")  # taken by rank 0 only, for every rank
     try:
         with console_log(env.is_main) as console:
-            return Trainer(loaded, registry, Path(out), env, allow_changes, console).run(stop_after)
+            return Trainer(loaded, registry, Path(out), env, allow_changes, console, lock, from_step).run(stop_after)
     finally:
+        lock.release()
         distributed.teardown(env)
 
 
@@ -110,15 +123,20 @@ class Trainer:
         env: distributed.DistEnv,
         allow_changes: bool = False,
         console: ConsoleLog | None = None,
+        lock: RunLock | None = None,
+        from_step: int | None = None,
     ):
         spec, cfg = loaded.spec, loaded.spec.train
         self.loaded, self.spec, self.cfg, self.env = loaded, spec, cfg, env
         self.allow_changes, self.resume_changes = allow_changes, []
         self.init_source: Path | None = None  # the checkpoint train.init_from loaded weights from
-        self.device = env.device
+        self.registry, self.device, self.console = registry, env.device, console
         self.sharded = fsdp.is_sharded(cfg.strategy)
         self.threads = apply_threads(cfg.threads)
         self.run_dir = RunDir(out)
+        self.lock = lock or RunLock(out, "madkit run")
+        self.from_step = from_step
+        self._set_aside: list[tuple[list[Path], str]] = []  # checkpoint folders to move away once the folder is ours
         _configure_backends(cfg.deterministic, self.device)
         rng.seed_globals(spec.seed, env.rank)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -126,14 +144,16 @@ class Trainer:
         self.versions = collect_versions(registry)
         state = self._build_and_check(registry)
         self._prepare_training(state)
+        self.guard = HealthGuard(cfg.health, env, self.run_dir.root, skip_inf_grads=self.precision.name == "fp16")
+        self.guard.load_state_dict((state or {}).get("health_guard"))
+        if from_step is not None:  # a new attempt from an older state: not judged by what led away from it
+            self.guard.forget_recent()
         self.latest_ckpt: Path | None = self.ckpt
         self.latest_samples: Path | None = None
+        self.data_stream = self._open_data_stream()
 
         # inputs are good: only now the run folder
-        if env.is_main:
-            self.run_dir.prepare(loaded.to_toml(), self.versions, self.step)
-            if console is not None:
-                console.attach(self.run_dir.log, " ".join(self.versions["command"]))
+        distributed.decide_on_main(env, self._claim_run_folder)
         sinks = build_sinks(spec.log.sinks, registry, self.run_dir.root, loaded.raw) if env.is_main else []
         self.reporter = Reporter(env.is_main, self.run_dir.metrics, sinks, cfg.steps, self.step, spec.log.progress)
         if self.resume_changes:
@@ -148,7 +168,9 @@ class Trainer:
         self.model_kind = registry.kind_of("model", spec.model)
         self.codec = self.experiment.codec.to(self.device)
         # a missing dataset raises here, with its data source's message
-        self.data = training_data(self.experiment, self.codec, self.cfg, env, spec.seed, spec.log.progress)
+        self.data = self._reading_data(
+            lambda: training_data(self.experiment, self.codec, self.cfg, env, spec.seed, spec.log.progress)
+        )
         self.dataset_len = batches.dataset_length(self.data.dataset)
         ckpt = distributed.decide_on_main(env, self._resume_target)
         self.ckpt = Path(ckpt) if ckpt else None
@@ -234,19 +256,95 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def _resume_target(self) -> str | None:
-        """The checkpoint to continue from (rank 0 decides; the others are told)."""
-        own = checkpoint.latest_checkpoint(self.run_dir.root)
+        """The checkpoint to continue from (rank 0 decides; the others are told).
+
+        An existing run folder is locked first, so no other writer changes it from here on."""
+        root = self.run_dir.root
+        if root.is_dir():
+            self.lock.acquire()
         resume = self.cfg.resume
         if resume == "never":
-            if own is not None:
-                raise ValueError(
-                    f"train.resume = 'never', but {self.run_dir.root} already holds checkpoints (newest {own}); "
+            if (own := checkpoint.latest_checkpoint(root)) is not None:
+                raise ConfigError(
+                    f"train.resume = 'never', but {root} already holds checkpoints (newest {own}); "
                     "training into it would mix two runs. Use another --out folder, or resume = 'auto'"
                 )
+            if self.from_step is not None:
+                raise ConfigError("--from continues a run folder's checkpoint; it contradicts train.resume = 'never'")
             return None
+        if self.from_step is not None:
+            return str(self._from_step_target())
+        own, damaged = checkpoint_verify.newest_verified(root)
+        if damaged:
+            checkpoint_verify.warn_skipped(damaged, own)
+            self._set_aside.append(([folder for folder, _ in damaged], "damaged"))
         if own is not None or resume == "auto":
             return str(own) if own else None
         return str(checkpoint.resolve_checkpoint(resume))  # an explicit start for a fresh run folder
+
+    def _from_step_target(self) -> Path:
+        """``--from STEP``: that checkpoint, verified; every newer one is to be set aside."""
+        root, step = self.run_dir.root, self.from_step
+        found = checkpoint.list_checkpoints(root)
+        target = root / checkpoint.CHECKPOINTS / checkpoint.step_dir_name(step)
+        if not target.is_dir():
+            steps = ", ".join(str(s) for s, _ in found) or "none"
+            raise ConfigError(f"--from {step}: {root} has no checkpoint of step {step} (its checkpoints: {steps})")
+        checkpoint_verify.verify_checkpoint(target)
+        newer = [p for p in (root / checkpoint.CHECKPOINTS).iterdir() if p.name.isdigit() and int(p.name) > step]
+        self._set_aside.append((sorted(newer), f"after-step-{step}"))
+        return target
+
+    def _claim_run_folder(self) -> None:
+        """Rank 0, once every input is checked: lock (creating) the run folder, move aside what this run
+        will not trust, and write the spec, the versions and the metrics cut back to the resumed step."""
+        root = self.run_dir.root
+        if not self.lock.held:
+            root.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+            if (appeared := checkpoint.latest_checkpoint(root)) is not None:
+                raise RunFolderBusyError(
+                    f"another run wrote {appeared} into {root} while this one was starting; nothing was changed; "
+                    "run the same command again to continue from it"
+                )
+        for folders, why in self._set_aside:
+            if (moved := checkpoint_verify.set_aside(root, folders, why)) is not None:
+                names = ", ".join(p.name for p in folders)
+                print(f"madkit: moved checkpoint(s) {names} to {moved}", flush=True)
+        self.run_dir.prepare(self.loaded.to_toml(), self.versions, self.step)
+        if self.console is not None:
+            self.console.attach(self.run_dir.log, " ".join(self.versions["command"]))
+
+    # ------------------------------------------------------------------ data
+    def _reading_data(self, read):
+        """``read()``, with a failure of the data source (not a madkit bug) reported as a ``DataError``
+        that names the [data] kind: exit 2, no traceback."""
+        try:
+            return read()
+        except UserError:
+            raise
+        except (OSError, ValueError, LookupError, TypeError) as exc:
+            what = describe_part(self.registry, "data", self.spec.data)
+            raise DataError(f"{what}: cannot read the training data: {type(exc).__name__}: {exc}") from exc
+
+    def _open_data_stream(self):
+        """This rank's endless micro-batches, with the first step's read already: a bad image, a broken
+        shard or a missing package is reported (by every rank together) before the run folder is touched."""
+        stream = batches.micro_batches(
+            self.data.dataset,
+            self.plan,
+            self.env.rank,
+            self.consumed,
+            self.spec.seed,
+            self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        if self.step >= self.cfg.steps:
+            return stream
+        first = distributed.all_ranks_succeed(
+            self.env, lambda: self._reading_data(lambda: [next(stream) for _ in range(self.plan.accumulation)])
+        )
+        return itertools.chain(first, stream)
 
     # ------------------------------------------------------------------ loop
     def run(self, stop_after: int | None = None) -> TrainResult:
@@ -257,6 +355,9 @@ class Trainer:
             if self.step >= end:
                 self.reporter.say(f"{self.run_dir.root}: already trained to step {self.step}; nothing to do")
                 grid = self.run_dir.sample_grid(self.step)
+                if self.env.is_main and not grid.is_file():  # a kill while the last run drew it
+                    self.reporter.say(f"making the missing sample grid of step {self.step}")
+                    self._sample()
                 self.latest_samples = grid if self.env.is_main and grid.is_file() else None
             else:
                 self.reporter.say(self._banner(end))
@@ -283,23 +384,14 @@ class Trainer:
         )
 
     def _loop(self, end: int) -> dict[str, Any]:
-        cfg = self.cfg
-        data = batches.micro_batches(
-            self.data.dataset,
-            self.plan,
-            self.env.rank,
-            self.consumed,
-            self.spec.seed,
-            cfg.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        cfg, data = self.cfg, self.data_stream
         interval: dict[str, torch.Tensor] = {}
         interval_steps, tick, paused, record = 0, time.perf_counter(), 0.0, {}
         while self.step < end:
             lr = self.lr_schedule.apply(self.optimizer, self.step)
             terms = self._forward_backward(data)
             grad_norm = self._clip()
-            self._stop_if_non_finite(terms, grad_norm)
+            self.guard.after_step(self.step + 1, terms, grad_norm)  # raises before a bad step is applied
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -316,6 +408,7 @@ class Trainer:
                 elapsed = time.perf_counter() - tick - paused
                 record = self._record(interval, interval_steps, lr, elapsed)
                 self.reporter.log(self.step, record)
+                self.guard.check_weights(self.step, self.params)
                 interval, interval_steps, tick, paused = {}, 0, time.perf_counter(), 0.0
             pause_start = time.perf_counter()  # checkpoints and samples do not count against throughput
             if self.step % cfg.ckpt_every == 0 and self.step != end:
@@ -339,14 +432,16 @@ class Trainer:
             else:
                 with torch.no_grad():
                     latents = self.codec.encode(images)
-            generator = rng.generator(self.spec.seed, "loss", self.env.rank, self.step, k, device=self.device)
+            # example i of the step's global batch draws from (seed, step, i), whichever rank and micro-batch has it
+            indices = plan.example_indices(self.env.rank, k)
+            generators = rng.indexed_generators(self.spec.seed, "loss", (self.step,), indices, self.device)
             last = k == plan.accumulation - 1
             if self.sharded:
                 fsdp.set_gradient_sync(self.model, last)
             sync = contextlib.nullcontext() if (last or not ddp) else self.loss_module.no_sync()
             with sync:
                 with self.precision.autocast():
-                    out = self.loss_module(latents, labels, generator)
+                    out = self.loss_module(latents, labels, generators)
                 self.scaler.scale(out["loss"].float() * weight).backward()
             for name, value in out.items():
                 terms[name] = terms.get(name, 0.0) + value.detach().float() * weight
@@ -357,24 +452,6 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         return fsdp.full_value(torch.nn.utils.clip_grad_norm_(self.params, limit))
-
-    def _stop_if_non_finite(self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
-        bad = ~torch.isfinite(terms["loss"])
-        if self.precision.name != "fp16":  # with fp16 the scaler skips inf-gradient steps by design
-            bad = bad | ~torch.isfinite(grad_norm)
-        flag = bad.float().reshape(1)
-        if self.env.distributed:  # every rank must stop together, or the others hang in a collective
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() == 0:
-            return
-        values = ", ".join(f"{k}={v.item():.6g}" for k, v in terms.items())
-        last = checkpoint.latest_checkpoint(self.run_dir.root)
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
-        raise NonFiniteLossError(
-            f"step {self.step + 1}: non-finite loss on rank {self.env.rank} ({values}; grad norm "
-            f"{grad_norm.item():.6g}); the step was not applied and {kept}. Try a lower train.lr, "
-            "train.precision = 'fp32', or check the data"
-        )
 
     def _record(self, interval: dict[str, torch.Tensor], steps: int, lr: float, elapsed: float) -> dict[str, Any]:
         names = sorted(interval)
@@ -407,6 +484,7 @@ class Trainer:
                     f"step {self.step}: DDP ranks hold different weights; refusing to checkpoint. "
                     "This is a bug in gradient synchronisation (or a model that updates parameters outside backward)"
                 )
+        figures, protect = self.guard.before_save(self.step, self.params)  # raises on a state unfit to save
         state = None
         if env.is_main:
             state = {
@@ -420,6 +498,8 @@ class Trainer:
                 "strategy": self.cfg.strategy,
                 "spec": self.loaded.raw,
                 "versions": self.versions,
+                "health": figures,
+                "health_guard": self.guard.state_dict(),
             }
         path = None
         if self.sharded:
@@ -433,6 +513,7 @@ class Trainer:
                     self.optimizer,
                     state,
                     self.cfg.keep_ckpts,
+                    protect,
                 )
             )
         elif env.is_main:
@@ -445,6 +526,8 @@ class Trainer:
                     self.ema.state_dict(),
                     state,
                     self.cfg.keep_ckpts,
+                    metadata=self.guard.metadata(figures),
+                    protect=protect,
                 )
             )
         self.latest_ckpt = Path(distributed.broadcast_object(env, path))

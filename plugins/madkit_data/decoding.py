@@ -2,9 +2,9 @@
 
 - ``fail`` (default): raise ``BadImageError`` naming the file, so a broken dataset is noticed.
 - ``skip``: log the file and carry on. Map-style datasets answer a bad index with the next readable
-  item (keeping epoch length and batch sizes fixed); streaming datasets drop it. Skips are counted
-  on the source (``source.skipped``) in the process that decoded them: with DataLoader workers each
-  worker counts and logs its own.
+  item (keeping epoch length and batch sizes fixed); streaming datasets drop it, and drop a damaged
+  shard whole. Skips are counted on the source (``source.skipped``) in the process that decoded
+  them: with DataLoader workers each worker counts and logs its own.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Callable, TypeVar
 import attrs
 from PIL import Image
 
+from madkit.errors import DataError
+
 logger = logging.getLogger("madkit.data")
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
@@ -24,12 +26,16 @@ BAD_IMAGE_POLICIES = ("fail", "skip")
 T = TypeVar("T")
 
 
-class BadImageError(Exception):
+class BadImageError(DataError):
     """An image could not be decoded; ``name`` identifies it, the message also says the way out."""
 
     def __init__(self, name: str, message: str):
         super().__init__(message)
         self.name = name
+
+
+class BadShardError(BadImageError):
+    """A whole shard (tar) cannot be read; under ``skip`` it is counted once, by its path."""
 
 
 def on_bad_image_field():

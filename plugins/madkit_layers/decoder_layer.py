@@ -133,25 +133,17 @@ class DecoderLayer(nn.Module):
         return self.clean.finish(xc, out_c), self.noised.finish(xn, out_n)
 
     def _cached(self, xc, xn, plan: CachedPlan):
-        cache = plan.caches[self._index]
         lay = plan.layout
         if plan.stream == "clean":
-            if not self.clean_output_needed:
-                cache.append(*self.clean.kv_heads(xc, lay.cos, lay.sin))
+            if not self.clean_output_needed:  # keys/values only: the last clean layer's queries are unused
+                plan.keys_values(self._index, *self.clean.kv_heads(xc, lay.cos, lay.sin))
                 return None, xn
             q, k, v = self.clean.qkv_heads(xc, lay.cos, lay.sin)
-            cache.append(k, v)
-            keys, values = cache.k, cache.v
+            keys, values = plan.keys_values(self._index, k, v)
             return self.clean.finish(xc, attend(q, keys, values)), xn
         q, k, v = self.noised.qkv_heads(xn, lay.cos, lay.sin)
-        if self.pattern == "intra-block":
-            keys, values = k, v
-        else:
-            keys, values = cache.with_new(k, v)
-        out = attend(q, keys, values)
-        if plan.append_noised:
-            cache.append(k, v)
-        return xc, self.noised.finish(xn, out)
+        keys, values = (k, v) if self.pattern == "intra-block" else plan.keys_values(self._index, k, v)
+        return xc, self.noised.finish(xn, attend(q, keys, values))
 
     # set by the model so a plan can address this layer's cache
     _index: int = 0

@@ -2,15 +2,20 @@
 
 Per block j (notation as in madformer.py):
   1. clean pass, once: clean block j-1 runs through the clean tower (layers up to the last one whose
-     noised queries read clean keys); its keys/values are appended to each layer's cache;
+     noised queries read clean keys); its keys/values are written into each layer's cache;
   2. AR pass, once: the shifted input (BOI, or clean block j-1 placed at block j) runs through the AR
      layers attending the cache -> the condition;
   3. denoising loop: each step embeds x_t, adds the condition and runs only the diffusion layers on the
      B noisy tokens, attending the cached clean keys.
 The reference recomputes the clean stream in the diffusion layers at every step; here it is computed
-once per block. ``use_cache=False`` recomputes even more, the whole prefix through every layer at
-every step, as the plain definition of the model; it is kept for testing and benchmarking, and both
-paths give the same images.
+once per block (``recompute_clean=True`` does it the reference's way, for benchmarks). ``use_cache=False``
+recomputes even more, the whole prefix through every layer at every step, as the plain definition of
+the model; it is kept for testing and benchmarking, and all paths give the same images.
+
+Everything a step needs is laid out once per block: the block's plan (RoPE tables, cache windows), the
+condition, and how the passes run (eager, compiled, a CUDA graph: see passes.py).
+Classifier-free guidance runs the conditional and unconditional rows as one batch of 2n (or as two
+batches of n with ``batch_guidance=False``; both give the same images).
 """
 
 from __future__ import annotations
@@ -20,22 +25,47 @@ import torch
 from madkit_layers.attention import CachedPlan, LayerCache
 from madkit_layers.masks import CLEAN, NOISED
 from madkit_models.madformer import full_precision
+from madkit_models.passes import BlockSteps, Passes
 
 
 class BlockwiseSession:
-    """Cached state while one batch is generated block by block."""
+    """Cached state while one batch is generated block by block.
 
-    def __init__(self, model, ctx: torch.Tensor | None, batch: int):
+    The KV cache is allocated here, once: per layer that ever attends it, [batch, heads, capacity, hd]
+    where capacity counts every token a later query may read (the context, T - 1 clean blocks or T noised
+    AR blocks) plus one block. Each pass opens its windows on it (``CachedPlan``) and commits what later
+    passes must see.
+    """
+
+    def __init__(self, model, ctx: torch.Tensor | None, batch: int, passes: Passes | None = None):
         self.model, self.batch = model, batch
-        self.caches = [LayerCache() for _ in model.layers]
+        self.passes = passes or Passes.of("eager")
+        context = 0 if ctx is None else ctx.shape[1]
+        capacity = context + model.T * model.B
+        layer = next(layer for layer in model.layers if hasattr(layer, "noised"))
+        heads = layer.noised.heads
+        dtype, device = _key_dtype(model, layer), model.boi.device
+        self.caches = {
+            i: LayerCache(batch, heads, capacity, model.cfg.width // heads, dtype, device) for i in _cache_readers(model)
+        }
         self.clean_tokens: list[torch.Tensor] = []  # [n, 1, b, d] per generated block
-        if ctx is not None:
-            self._clean_pass(full_precision(ctx), model.context_layout())
+        self.plan: CachedPlan | None = None  # the noised plan of block ``self.block``
+        self.block = -1
+        self._last_clean = None  # what recompute_clean_block needs
+        if ctx is not None:  # once per session, one token: not worth a compiled variant
+            self._clean_pass(full_precision(ctx), model.context_layout(), clean_pass=Passes.of("eager").clean)
 
-    def _clean_pass(self, x: torch.Tensor, layout) -> None:
-        plan = CachedPlan("clean", layout, self.caches)
-        for layer in self.model.layers[: self.model.last_clean_layer + 1]:
-            x, _ = layer(x, None, plan)
+    def _windows(self, layers, m: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        return {i: self.passes.window(*self.caches[i].window(m)) for i in layers if i in self.caches}
+
+    def _clean_pass(self, x: torch.Tensor, layout, first: int = 0, clean_pass=None) -> torch.Tensor | None:
+        """Clean tokens x [n, m, d] through clean-tower layers ``first``.. into the cache."""
+        layers = range(first, self.model.last_clean_layer + 1)
+        plan = CachedPlan("clean", layout, self._windows(layers, x.shape[1]))
+        entering = (clean_pass or self.passes.clean)(self.model, plan, x, first)
+        for i in plan.windows:
+            self.caches[i].commit(x.shape[1])
+        return entering
 
     def add_clean_block(self, cells: torch.Tensor, mt: torch.Tensor) -> None:
         """Block j = len(self.clean_tokens) is final: cells [n, b, k]; mt [n] the model time of its last
@@ -45,30 +75,68 @@ class BlockwiseSession:
         tokens, _ = m.embed_blocks(cells[:, None], m.clean_model_time(mt[:, None]))
         self.clean_tokens.append(tokens)
         if not m.single_stream:
-            self._clean_pass(full_precision(tokens.flatten(1, 2)), m.layout(CLEAN, [j]))
+            layout = m.layout(CLEAN, [j])
+            self._last_clean = (self._clean_pass(full_precision(tokens.flatten(1, 2)), layout), layout)
+
+    def recompute_clean_block(self) -> None:
+        """The reference's scheme: the newest clean block's keys/values in the diffusion layers are
+        computed again (into the same cache slots), as the reference does at every denoising step."""
+        if self._last_clean is None or self._last_clean[0] is None:
+            return  # no clean block yet, or no diffusion layer reads clean keys
+        entering, layout = self._last_clean
+        m = self.model
+        for i in range(m.first_diffusion, m.last_clean_layer + 1):
+            self.caches[i].rewind(m.B)
+        self._clean_pass(entering, layout, first=m.first_diffusion)
 
     def condition(self, j: int) -> torch.Tensor:
-        """AR pass for block j (clean blocks < j must have been added): condition [n, b, d]."""
+        """AR pass for block j (clean blocks < j must have been added): condition [n, b, d]. Lays out
+        block j's plan, which every denoising step of the block reuses."""
         m = self.model
         if j == 0:
-            x = m.boi.detach().expand(self.batch, -1, -1)  # generation never needs its gradient
+            # no gradient in generation; contiguous like the clean tokens of later blocks (one compiled graph)
+            x = m.boi.detach().expand(self.batch, -1, -1).contiguous()
         else:
             x = full_precision(self.clean_tokens[j - 1].flatten(1, 2))  # as in training
-        plan = CachedPlan("noised", m.layout(NOISED, [j]), self.caches, append_noised=m.single_stream)
-        for layer in m.layers[: m.first_diffusion]:
-            _, x = layer(None, x, plan)
-        return x
+        self.plan = CachedPlan("noised", m.layout(NOISED, [j]), self._windows(self.caches, m.B))
+        self.block = j
+        cond = self.passes.ar(m, self.plan, x)
+        if m.single_stream:  # later blocks' AR layers attend this block's noised keys
+            for i in self.plan.windows:
+                self.caches[i].commit(m.B)
+        return cond
 
     def predict(self, cond: torch.Tensor, j: int, xt: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
         """One denoising evaluation for block j: xt [n, b, k], model time mt [n] -> output [n, b, k]."""
-        m = self.model
-        tokens, aux = m.embed_blocks(xt[:, None], mt[:, None])
-        h = full_precision(tokens.flatten(1, 2)) if m.cfg.context == "clean" else cond + tokens.flatten(1, 2)
-        adaln = m.adaln_condition(cond, mt[:, None])
-        plan = CachedPlan("noised", m.layout(NOISED, [j]), self.caches)
-        for layer in m.layers[m.first_diffusion :]:
-            _, h = layer(None, h, plan, adaln)
-        return m.unembed_blocks(h.unflatten(1, (1, m.B)), mt[:, None], aux)[:, 0]
+        if j != self.block:
+            raise ValueError(f"predict for block {j} needs condition({j}) first (the session is at block {self.block})")
+        return self.passes.step(self.model, self.plan, cond, xt, mt)
+
+
+def _cache_readers(model) -> list[int]:
+    """Layers whose attention reads cached keys: every layer the clean stream runs through, and in
+    one-stream models the block-causal AR layers."""
+    return [
+        i
+        for i, layer in enumerate(model.layers)
+        if i <= model.last_clean_layer or (model.single_stream and getattr(layer, "pattern", "") == "causal")
+    ]
+
+
+def _key_dtype(model, layer) -> torch.dtype:
+    """The dtype keys come out in under the current autocast state, which the cache then stores: an
+    empty pass through one layer's projections decides it exactly."""
+    lay = model.layout(NOISED, [0])
+    x = full_precision(model.boi.detach()[None, :0])
+    sharded = hasattr(layer, "unshard")  # an FSDP2 unit: gather its parameters for the probe (every rank)
+    if sharded:
+        layer.unshard()
+    try:
+        _, k, _ = layer.noised.qkv_heads(x, lay.cos[:0], lay.sin[:0])
+    finally:
+        if sharded:
+            layer.reshard()
+    return k.dtype
 
 
 def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: torch.Tensor, mt: torch.Tensor,
@@ -89,8 +157,11 @@ def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: t
     xt_tokens, aux = model.embed_blocks(xt[:, None], mt[:, None])
     reps = len(ids)
     tc = 0 if model.single_stream else j
+    # never FlexAttention: every block has another sequence length, which would compile it again per block
+    backend = "sdpa" if model.cfg.attention == "sdpa" else "block-sparse"
     out, _ = model.trunk(
-        ctx, clean_tokens[:, :tc], noised_in, ids, xt_tokens.expand(-1, reps, -1, -1), mt[:, None].expand(-1, reps)
+        ctx, clean_tokens[:, :tc], noised_in, ids, xt_tokens.expand(-1, reps, -1, -1), mt[:, None].expand(-1, reps),
+        backend=backend,
     )
     return model.unembed_blocks(out[:, -1:], mt[:, None], aux)[:, 0]
 
@@ -100,42 +171,105 @@ def per_image_noise(generators: list[torch.Generator], shape: tuple[int, ...], d
     return torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]).to(device)
 
 
+class CachedBlocks:
+    """Predictions for one batch of rows (n images, or 2n with batched guidance) through a session."""
+
+    def __init__(self, model, ctx, n: int, repeats: int, passes: Passes, recompute_clean: bool = False):
+        self.repeats, self.recompute = repeats, recompute_clean
+        self.session = BlockwiseSession(model, ctx, n * repeats, passes)
+        self.steps: BlockSteps | None = None
+
+    def begin(self, j: int, previous: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Block j starts; ``previous``: block j-1's cells [n, b, k] and its last step's model time [1]."""
+        session = self.session
+        if previous is not None:
+            cells, mt = previous
+            session.add_clean_block(_repeat_rows(cells, self.repeats), mt.expand(session.batch))
+        cond = session.condition(j)
+        self.steps = None  # the previous block's step (and its CUDA graph) is released first
+        self.steps = BlockSteps(session.passes, session.model, session.plan, cond)
+
+    def __call__(self, xt: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
+        xt = _repeat_rows(xt, self.repeats)
+        if self.recompute and self.steps.calls:  # the first step reads what add_clean_block computed
+            self.session.recompute_clean_block()
+        return self.steps(xt, mt.expand(xt.shape[0]))
+
+
+def _repeat_rows(x: torch.Tensor, repeats: int) -> torch.Tensor:
+    """[n, ...] -> [repeats * n, ...]: the same images for the conditional and unconditional rows."""
+    return x.repeat(repeats, *([1] * (x.dim() - 1))) if repeats > 1 else x
+
+
+class UncachedBlocks:
+    """Predictions through the whole prefix at every step (the plain definition of the model)."""
+
+    def __init__(self, model, ctx, repeats: int):
+        self.model, self.ctx, self.repeats = model, ctx, repeats
+        self.prefix: list[torch.Tensor] = []
+        self.finals: list[torch.Tensor] = []  # the model time [1] of each clean block's last step
+        self.j = 0
+
+    def begin(self, j: int, previous: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        if previous is not None:
+            cells, mt = previous
+            self.prefix.append(_repeat_rows(cells, self.repeats))
+            self.finals.append(mt)
+        self.j = j
+
+    def __call__(self, xt: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
+        xt = _repeat_rows(xt, self.repeats)
+        rows = xt.shape[0]
+        clean_mt = torch.stack(self.finals, 1).expand(rows, -1) if self.finals else None
+        return uncached_predict(self.model, self.ctx, self.prefix, self.j, xt, mt.expand(rows), clean_mt)
+
+
 @torch.no_grad()
-def generate_blocks(model, sampler, generators, labels=None, steps=None, guidance=None, use_cache=True):
+def generate_blocks(
+    model,
+    sampler,
+    generators,
+    labels=None,
+    steps=None,
+    guidance=None,
+    use_cache=True,
+    batch_guidance: bool = True,
+    recompute_clean: bool = False,
+):
     """Blocks [n, t, b, k] of n = len(generators) new images."""
     steps = sampler.steps if steps is None else steps
     guidance = sampler.guidance if guidance is None else guidance
     device = model.boi.device
     n = len(generators)
     use_cfg = model.class_embed is not None and guidance != 1.0
-    ctx = model.context_tokens(labels.to(device) if labels is not None else None, drop=False)
+    ctx = model.context_tokens(labels.to(device) if labels is not None else None)
+    contexts = [ctx]
     if use_cfg:
-        null = torch.full((n,), model.num_classes, device=device, dtype=torch.long)
-        ctx = torch.cat([ctx, model.class_embed(null)[:, None, :]])
-    batch = 2 * n if use_cfg else n
-    session = BlockwiseSession(model, ctx, batch) if use_cache else None
+        null = model.class_embed(torch.full((n,), model.num_classes, device=device, dtype=torch.long))[:, None, :]
+        contexts = [torch.cat([ctx, null])] if batch_guidance else [ctx, null]
+    repeats = 2 if use_cfg and batch_guidance else 1
+    passes = Passes.of(getattr(model, "denoise_step", "eager"))
+    branches = [
+        CachedBlocks(model, c, n, repeats, passes, recompute_clean) if use_cache else UncachedBlocks(model, c, repeats)
+        for c in contexts
+    ]
     blocks: list[torch.Tensor] = []
-    finals: list[torch.Tensor] = []  # per block: the model time [batch] of its loop's last step
+    finals: list[torch.Tensor] = []  # per block: the model time [1] of its loop's last step
     for j in range(model.T):
-        if session is not None:
-            if j > 0:
-                prev = blocks[j - 1]
-                session.add_clean_block(torch.cat([prev, prev]) if use_cfg else prev, finals[j - 1])
-            cond = session.condition(j)
+        for branch in branches:
+            branch.begin(j, (blocks[j - 1], finals[j - 1]) if j else None)
         run = sampler.start(steps, device)
         x = per_image_noise(generators, (model.B, model.embedder.cell_dim), device, torch.float32)
         x = x * sampler.init_noise_sigma
         for t in run.timesteps:
             x_in = run.scale_input(x, t)
-            mt = run.model_time(t).to(device).float().reshape(-1).expand(batch)
-            x_in = torch.cat([x_in, x_in]) if use_cfg else x_in
-            if session is not None:
-                out = session.predict(cond, j, x_in, mt)
-            else:
-                prefix = [torch.cat([b, b]) if use_cfg else b for b in blocks]
-                out = uncached_predict(model, ctx, prefix, j, x_in, mt, torch.stack(finals, 1) if finals else None)
+            mt = run.model_time(t).to(device).float().reshape(1)
+            outs = [branch(x_in, mt) for branch in branches]
             if use_cfg:
-                out = sampler.apply_guidance(*out.chunk(2), scale=guidance)
+                cond, uncond = outs[0].chunk(2) if batch_guidance else outs
+                out = sampler.apply_guidance(cond, uncond, scale=guidance)
+            else:
+                out = outs[0]
             x = run.step(out.float(), t, x, generators)
         blocks.append(x)
         finals.append(mt)
@@ -145,7 +279,7 @@ def generate_blocks(model, sampler, generators, labels=None, steps=None, guidanc
 @torch.no_grad()
 def cached_teacher_forced(model, x0: torch.Tensor, xt: torch.Tensor, mt: torch.Tensor, labels=None):
     """Per-block predictions of the cached path with gold clean blocks: equals ``forward_blocks``."""
-    session = BlockwiseSession(model, model.context_tokens(labels, drop=False), x0.shape[0])
+    session = BlockwiseSession(model, model.context_tokens(labels), x0.shape[0])
     preds = []
     for j in range(model.T):
         if j > 0:

@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from madkit import per_example
 from madkit.interfaces import GenerativeModel, NoiseSchedule
 from madkit_layers.attention import FullPlan, StreamLayout
 from madkit_layers.masks import CLEAN, CONTEXT, NOISED
@@ -63,6 +64,7 @@ class MADFormer(GenerativeModel):
         self.register_buffer("rope_cos", cos.view(self.T, self.B, head_dim), persistent=False)
         self.register_buffer("rope_sin", sin.view(self.T, self.B, head_dim), persistent=False)
         self.activation_checkpointing = False
+        self.denoise_step = cfg.denoise_step  # how cached generation runs a step (step_runner.py); settable
         self._plans: dict[tuple, FullPlan] = {}
         self.reset_parameters()
 
@@ -126,16 +128,16 @@ class MADFormer(GenerativeModel):
         # the context token sits at no grid position: angle 0 (identity rotation)
         return StreamLayout(zero + CONTEXT, zero - 1, torch.ones(1, hd, device=dev), torch.zeros(1, hd, device=dev))
 
-    def context_tokens(self, labels: torch.Tensor | None, drop: bool) -> torch.Tensor | None:
-        """[n, 1, d] class tokens; label dropout (null class = num_classes) for classifier-free guidance."""
+    def context_tokens(self, labels: torch.Tensor | None, dropped: torch.Tensor | None = None) -> torch.Tensor | None:
+        """[n, 1, d] class tokens; where bool ``dropped`` [n] is set, the null class (= num_classes):
+        label dropout, which teaches the unconditional model classifier-free guidance needs."""
         if self.class_embed is None:
             return None
         if labels is None:
             raise ValueError("this model is class-conditional: pass labels")
         labels = labels.long()
-        if drop and self.cfg.label_dropout > 0:
-            dropped = torch.rand(labels.shape, device=labels.device) < self.cfg.label_dropout
-            labels = torch.where(dropped, torch.full_like(labels, self.num_classes), labels)
+        if dropped is not None:
+            labels = torch.where(dropped.to(labels.device), torch.full_like(labels, self.num_classes), labels)
         return self.class_embed(labels)[:, None, :]
 
     def embed_blocks(self, cells: torch.Tensor, mt: torch.Tensor):
@@ -163,10 +165,11 @@ class MADFormer(GenerativeModel):
         return torch.cat(parts, dim=1)
 
     # ------------------------------------------------------------------ the masked full pass
-    def trunk(self, ctx, clean_tokens, noised_in, noised_ids, xt_tokens, mt):
+    def trunk(self, ctx, clean_tokens, noised_in, noised_ids, xt_tokens, mt, backend: str | None = None):
         """Run all layers over [ctx, clean blocks 0..len-1 ; noised blocks ``noised_ids``].
 
-        clean_tokens [n, tc, b, d]; noised_in, xt_tokens [n, tn, b, d]; mt [n, tn].
+        clean_tokens [n, tc, b, d]; noised_in, xt_tokens [n, tn, b, d]; mt [n, tn]. ``backend`` overrides
+        the spec's attention backend (uncached generation avoids FlexAttention, which compiles per layout).
         Returns (noised output [n, tn, b, d], condition [n, tn, b, d]).
         """
         n, tn = noised_in.shape[:2]
@@ -174,7 +177,7 @@ class MADFormer(GenerativeModel):
         parts = ([ctx] if ctx is not None else []) + ([clean_tokens.flatten(1, 2)] if tc else [])
         # the residual streams stay fp32 under autocast: only the matmuls run in bf16
         xc = full_precision(torch.cat(parts, dim=1)) if parts else None
-        plan = self._full_plan(noised_ids, ctx is not None, tc)
+        plan = self._full_plan(noised_ids, ctx is not None, tc, backend)
         xn = full_precision(noised_in.flatten(1, 2))
         cond = adaln = None
         for i, layer in enumerate(self.layers):
@@ -190,11 +193,13 @@ class MADFormer(GenerativeModel):
                 xc, xn = layer(xc_in, xn, plan, adaln)
         return xn.unflatten(1, (tn, self.B)), cond.unflatten(1, (tn, self.B))
 
-    def _full_plan(self, noised_ids: list[int], has_ctx: bool, tc: int) -> FullPlan:
+    def _full_plan(self, noised_ids: list[int], has_ctx: bool, tc: int, backend: str | None = None) -> FullPlan:
         """The plan of a pass over [context?, clean blocks 0..tc-1 ; noised blocks ``noised_ids``], with
         its layouts, masks and block groups, built once and reused while the layout repeats: every
-        training step has the same one, and a FlexAttention block mask over ~8k tokens is not free."""
-        key = (tc, tuple(noised_ids), has_ctx, str(self.rope_cos.device), self.cfg.attention)
+        training step has the same one, and a FlexAttention block mask over ~8k tokens is not free.
+        ``backend`` overrides the spec's attention backend."""
+        backend = backend or self.cfg.attention
+        key = (tc, tuple(noised_ids), has_ctx, str(self.rope_cos.device), backend)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= 64:  # uncached generation walks through T layouts
@@ -202,7 +207,7 @@ class MADFormer(GenerativeModel):
             layouts = [self.context_layout()] if has_ctx else []
             layouts += [self.layout(CLEAN, list(range(tc)))] if tc else []
             clean = _concat_layouts(layouts) if layouts else _empty_layout(self.rope_cos)
-            plan = self._plans[key] = FullPlan(clean, self.layout(NOISED, noised_ids), self.cfg.attention)
+            plan = self._plans[key] = FullPlan(clean, self.layout(NOISED, noised_ids), backend)
             self._prepare_attention(plan, has_ctx or tc > 0)
         return plan
 
@@ -227,8 +232,9 @@ class MADFormer(GenerativeModel):
         return cond + temb.to(cond.dtype)
 
     # ------------------------------------------------------------------ training
-    def forward_blocks(self, x0: torch.Tensor, xt: torch.Tensor, mt: torch.Tensor, labels=None, drop_labels=False):
-        """Teacher-forced predictions for all blocks. x0, xt [n, t, b, k]; mt [n, t] model time.
+    def forward_blocks(self, x0: torch.Tensor, xt: torch.Tensor, mt: torch.Tensor, labels=None, dropped=None):
+        """Teacher-forced predictions for all blocks. x0, xt [n, t, b, k]; mt [n, t] model time;
+        ``dropped`` [n] marks the examples whose label is replaced by the null class.
 
         Returns (prediction [n, t, b, k], condition [n, t, b, d], aux of the x_t embedding)."""
         n, need = x0.shape[0], self.T - 1  # clean blocks 0..T-2 feed both streams
@@ -239,18 +245,21 @@ class MADFormer(GenerativeModel):
             clean_tokens = x0.new_zeros(n, 0, self.B, self.cfg.width)
         noised_in = self.shifted(clean_tokens, list(range(self.T)))
         xt_tokens, aux = self.embed_blocks(xt, mt)
-        ctx = self.context_tokens(labels, drop_labels)
+        ctx = self.context_tokens(labels, dropped)
         out, cond = self.trunk(ctx, clean_tokens[:, :tc], noised_in, list(range(self.T)), xt_tokens, mt)
         return self.unembed_blocks(out, mt, aux), cond, aux
 
-    def loss(self, latents, labels, schedule: NoiseSchedule, generator=None):
+    def loss(self, latents, labels, schedule: NoiseSchedule, generators):
         x0 = self.to_blocks(latents)
-        n = x0.shape[0]
-        t = schedule.sample_timesteps((n, self.T), generator, x0.device)  # one timestep per block
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        # example i draws from generators[i] alone, always in this order: split-invariant, resumable
+        t = per_example.timesteps(schedule, generators, (self.T,), x0.device)  # [n, t]: one timestep per block
+        noise = per_example.randn(generators, x0.shape[1:], x0.device, x0.dtype)
+        dropped = None
+        if self.training and self.class_embed is not None and self.cfg.label_dropout > 0:
+            dropped = per_example.rand(generators, (), x0.device) < self.cfg.label_dropout
         xt = schedule.add_noise(x0, noise, t)
         mt = schedule.model_time(t)
-        pred, cond, aux = self.forward_blocks(x0, xt, mt, labels, drop_labels=self.training)
+        pred, cond, aux = self.forward_blocks(x0, xt, mt, labels, dropped)
         err = (pred.float() - schedule.target(x0, noise, t).float()).pow(2).mean(dim=(2, 3))  # [n, t]
         weight = schedule.loss_weight(t)
         image = (err * weight).mean() if weight is not None else err.mean()

@@ -18,6 +18,7 @@ from madkit.spec import slot
 from madkit.validators import non_negative, one_of, positive
 
 CONTEXTS = ("clean+condition", "clean", "condition")
+DENOISE_STEPS = ("eager", "compiled", "cuda-graph", "compiled+cuda-graph")
 # the timestep a clean block's embedding gets: "zero" (it is clean), or "twin": the timestep of its noised
 # twin in training and the last timestep of its own denoising loop in sampling (the released checkpoint)
 CLEAN_TIMESTEPS = ("zero", "twin")
@@ -49,6 +50,9 @@ class MadformerConfig:
     # group of query blocks over only the keys they may see), "flex" (FlexAttention block masks; no
     # backward on the CPU) or "sdpa" (dense boolean masks)
     attention: str = attrs.field(default="auto", validator=one_of("auto", "sdpa", "block-sparse", "flex"))
+    # how cached generation runs a denoising step: eager, compiled (torch.compile), cuda-graph (captured
+    # once per block and replayed; CUDA only, eager elsewhere) or compiled+cuda-graph
+    denoise_step: str = attrs.field(default="eager", validator=one_of(*DENOISE_STEPS))
     # legacy key (specs stored before [model.rope] existed): the theta of the default axial RoPE
     rope_theta: float | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
     init_std: float = attrs.field(default=0.02, validator=positive)

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from madkit.errors import require_package
 from madkit.interfaces import Sink, SpecProblem
 from madkit_sinks.tensorboard import missing_package, plain_hparams
 
@@ -47,11 +48,9 @@ class MlflowConfig:
 
 class MlflowSink(Sink):
     def __init__(self, run_dir: Path, default_experiment: str = "madkit"):
-        try:
-            from mlflow.tracking import MlflowClient
-        except ImportError as exc:
-            raise ImportError("the mlflow sink needs the mlflow package: pip install 'madkit[mlflow]'") from exc
+        require_package("mlflow", "mlflow", "the mlflow sink")
         from mlflow import entities
+        from mlflow.tracking import MlflowClient
 
         self._entities = entities
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,13 @@ Needs the ``tensorboard`` package (``pip install 'madkit[tensorboard]'``).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
+from madkit import errors
 from madkit.interfaces import Sink, SpecProblem
 from madkit.spec_loading import flatten
 
@@ -26,9 +26,8 @@ HPARAM_METRICS = ("loss", "grad_norm")
 
 def missing_package(package: str, extra: str, sink: str) -> list[SpecProblem]:
     """A problem naming the install command when ``package`` cannot be imported."""
-    if importlib.util.find_spec(package) is not None:
-        return []
-    return [SpecProblem("", f"the {sink} sink needs the {package} package: pip install 'madkit[{extra}]'")]
+    missing = errors.missing_package(package, extra, f"the {sink} sink")
+    return [SpecProblem("", missing)] if missing else []
 
 
 def plain_hparams(config: dict[str, Any]) -> dict[str, Any]:
@@ -51,10 +50,8 @@ class TensorBoardConfig:
 class TensorBoardSink(Sink):
     def __init__(self, log_dir: Path, flush_secs: int = 30):
         # imported here: tensorboard is only needed when this sink is used
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise ImportError("the tensorboard sink needs the tensorboard package: pip install 'madkit[tensorboard]'") from exc
+        errors.require_package("tensorboard", "tensorboard", "the tensorboard sink")
+        from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(log_dir)
         self._writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=flush_secs)

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from madkit.errors import require_package
 from madkit.interfaces import Sink, SpecProblem
 from madkit_sinks.tensorboard import missing_package, plain_hparams
 
@@ -42,11 +43,7 @@ class WandbConfig:
 
 class WandbSink(Sink):
     def __init__(self, run_dir: Path, subdir: str = "wandb", default_project: str = "madkit"):
-        try:
-            import wandb
-        except ImportError as exc:
-            raise ImportError("the wandb sink needs the wandb package: pip install 'madkit[wandb]'") from exc
-        self._wandb = wandb
+        self._wandb = wandb = require_package("wandb", "wandb", "the wandb sink")
         folder = run_dir / subdir
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / ID_FILE

@@ -69,6 +69,13 @@ def make_registry() -> Registry:
     return registry
 
 
+def serve_registry(monkeypatch, registry: Registry) -> Registry:
+    """Make ``Registry.load()``, what every ``madkit`` command calls, return ``registry`` for one test:
+    in-process CLI tests then see exactly the plugins the test chose."""
+    monkeypatch.setattr(Registry, "load", classmethod(lambda cls, autoload=None: registry))
+    return registry
+
+
 def write_spec(folder: Path, name: str = "spec.toml", **sections: dict[str, Any]) -> Path:
     """BASE_SPEC with ``sections`` merged in (one level deep), written as TOML."""
     spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BASE_SPEC.items()}

@@ -92,11 +92,15 @@ class PoolCodec(Codec):
 class PoolCodecConfig:
     factor: int = 2
     scale: float = 1.0
+    # a third-party codec whose build() fails (a device, a file) past every spec check: this message
+    fail_build: str = ""
 
     def latent_shape(self, image_shape):
         return PoolCodec(self.factor, self.scale).latent_shape(image_shape)
 
     def build(self) -> PoolCodec:
+        if self.fail_build:
+            raise RuntimeError(self.fail_build)
         return PoolCodec(self.factor, self.scale)
 
 

@@ -3,9 +3,10 @@
     latents [n, c, h, w] -> flatten -> Linear -> + time and label embeddings
     -> blocks (pre-norm residual MLPs, an nn.ModuleList: what compile targets) -> Linear -> eps [n, c, h, w]
 
-Switches for engine tests: ``noise = false`` makes the loss deterministic (fixed t and noise
-derived from the data, so micro-batching must not change it); ``nan_after = k`` returns a NaN loss
-from the (k+1)-th loss call of the process on; ``sleep_s`` slows each loss call (for kill tests).
+Its loss draws example i's timestep and noise from ``generators[i]``, as the GenerativeModel contract
+asks (so micro-batching and ranks must not change it). Switches for engine tests: ``nan_after = k``
+returns a NaN loss from the (k+1)-th loss call of the process on; ``sleep_s`` slows each loss call
+and ``sample_sleep_s`` each generate call (for kill tests).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from madkit import per_example
 from madkit.interfaces import GenerativeModel
 
 
@@ -25,9 +27,9 @@ from madkit.interfaces import GenerativeModel
 class TinyModelConfig:
     width: int = 16
     depth: int = 2
-    noise: bool = True
     nan_after: int = 0
     sleep_s: float = 0.0
+    sample_sleep_s: float = 0.0
 
     def build(self, latent_shape, num_classes, registry=None) -> TinyModel:
         return TinyModel(self, tuple(latent_shape), num_classes)
@@ -69,17 +71,12 @@ class TinyModel(GenerativeModel):
             h = checkpoint(block, h, use_reentrant=False) if self.checkpointing and self.training else block(h)
         return self.out(self.out_norm(h)).view(x.shape)
 
-    def loss(self, latents, labels, schedule, generator=None):
+    def loss(self, latents, labels, schedule, generators):
         self.loss_calls += 1
         if self.cfg.sleep_s:
             time.sleep(self.cfg.sleep_s)
-        n = latents.shape[0]
-        if self.cfg.noise:
-            t = schedule.sample_timesteps((n,), generator, latents.device)
-            noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-        else:  # a function of the data alone: batch composition cannot change any sample's loss
-            t = torch.full((n,), 10, device=latents.device)
-            noise = torch.sin(3 * latents)
+        t = per_example.timesteps(schedule, generators, (), latents.device)
+        noise = per_example.randn(generators, latents.shape[1:], latents.device)
         x_t = schedule.add_noise(latents, noise, t)
         pred = self.predict(x_t, schedule.model_time(t), labels)
         mse = (pred.float() - schedule.target(latents, noise, t)).pow(2).mean()
@@ -90,6 +87,8 @@ class TinyModel(GenerativeModel):
 
     @torch.no_grad()
     def generate(self, sampler, generators, labels=None, steps=None, guidance=None, use_cache=True):
+        if self.cfg.sample_sleep_s:
+            time.sleep(self.cfg.sample_sleep_s)
         device = next(self.parameters()).device
         x = torch.stack([torch.randn(self.latent_shape, generator=g, device=device) for g in generators])
         x = x * sampler.init_noise_sigma
