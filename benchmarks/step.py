@@ -70,8 +70,10 @@ def build_step(
     counter = itertools.count()
 
     def step() -> None:
-        # one generator per example, as the trainer hands them (their cost is part of a step)
-        generators = rng.indexed_generators(0, "loss", (next(counter),), range(batch), device)
+        # one generator per example, as the trainer hands them (their cost is part of a step); the meta
+        # device (FLOP counting) has no generators: draws are made on the CPU and moved, as for CUDA
+        gen_device = "cpu" if torch.device(device).type == "meta" else device
+        generators = rng.indexed_generators(0, "loss", (next(counter),), range(batch), gen_device)
         autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype else contextlib.nullcontext()
         with autocast:
             loss = model.loss(latents, labels, experiment.schedule, generators)["loss"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -36,3 +37,16 @@ def test_an_unknown_section_is_refused(compare, capsys):
         compare.main(["--only", "train,nope"])
     assert exit_info.value.code == 2
     assert "unknown section(s) ['nope']" in capsys.readouterr().err
+
+
+def test_the_train_section_counts_both_steps_flops_on_the_meta_device(monkeypatch):
+    """The FLOP count runs the real training step (per-example generators included) with no data."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    compare_train = importlib.import_module("compare_train")
+    from step import build_step
+
+    step, info = build_step("tiny", device="meta")
+    flops = compare_train._flops(step)
+    # training = forward + backward: at least the 6 x parameters x tokens rule's order of magnitude
+    tokens = info["batch"] * info["cost"]["train_sequence_length_computed"]
+    assert flops > 2 * sum(p.numel() for p in info["model"].parameters() if p.requires_grad) * tokens
