@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import describe, describe_ratio, interleaved, quartiles, ratio
-from torch.utils.flop_counter import FlopCounterMode
+from timing import describe, describe_ratio, interleaved, measured_flops, quartiles, ratio
 
 from madkit.build import build_experiment
 from madkit.engine import rng
@@ -61,13 +60,6 @@ def generation(model, sampler, num: int, steps: int, step: str = "eager", **opti
         return generate_blocks(model, sampler, generators, steps=steps, **options)
 
     return go
-
-
-def measured_flops(fn) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def cache_table(quick: bool) -> None:

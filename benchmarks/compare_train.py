@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from step import build_step
-from timing import describe, describe_ratio, interleaved, ratio
+from timing import describe, describe_ratio, interleaved, measured_flops, ratio
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -111,13 +111,6 @@ def dit_step(model_cfg, tokens: int, batch: int, device: str = "cpu", compile: b
     return step, dit
 
 
-def _flops(step) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return counter.get_total_flops()
-
-
 def step_against_dit(rounds: int, warmup: int, compiled: bool) -> None:
     mad_step, info = build_step("medium")
     model, batch = info["model"], info["batch"]
@@ -125,8 +118,8 @@ def step_against_dit(rounds: int, warmup: int, compiled: bool) -> None:
     cfg = info["spec"].model
     dit_eager, dit = dit_step(cfg, tokens, batch)
     flops = {
-        "madkit": _flops(build_step("medium", device="meta")[0]),  # the optimizer step counts no FLOPs
-        "dit": _flops(dit_step(cfg, tokens, batch, device="meta")[0]),
+        "madkit": measured_flops(build_step("medium", device="meta")[0]),  # the optimizer step counts no FLOPs
+        "dit": measured_flops(dit_step(cfg, tokens, batch, device="meta")[0]),
     }
     trainable = {
         "madkit": sum(p.numel() for p in model.parameters() if p.requires_grad),

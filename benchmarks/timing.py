@@ -15,6 +15,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+from torch.utils.flop_counter import FlopCounterMode
+
 
 def interleaved(
     cases: dict[str, Callable[[], object]],
@@ -73,3 +75,11 @@ def describe_ratio(values: tuple[float, float, float]) -> str:
     """'0.82x [0.80, 0.85]'."""
     q1, q2, q3 = values
     return f"{q2:.3g}x [{q1:.3g}, {q3:.3g}]"
+
+
+def measured_flops(fn: Callable[[], object]) -> int:
+    """The FLOPs torch's FlopCounterMode counts while ``fn`` runs (a multiply-add counts 2)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()

@@ -71,7 +71,7 @@ def push_folder(
 ) -> str:
     """Upload an export folder to the model repository ``repo_id`` (created if missing); returns the commit URL."""
     folder = Path(folder)
-    export.read_export(folder)  # refuses anything that is not a complete export
+    manifest = export.read_export(folder)  # refuses anything that is not a complete export
     if not HUB_ID.match(repo_id):
         raise HubError(f"{repo_id!r} is not a hub id of the form owner/name")
     from huggingface_hub import HfApi
@@ -82,6 +82,6 @@ def push_folder(
         repo_id=repo_id,
         folder_path=str(folder),
         allow_patterns=list(FILES),
-        commit_message=message or f"madkit export ({export.read_export(folder).provenance.get('run', 'model')})",
+        commit_message=message or f"madkit export ({manifest.provenance.get('run', 'model')})",
     )
     return str(getattr(info, "commit_url", info))

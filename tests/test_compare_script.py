@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from pathlib import Path
 
@@ -42,11 +41,11 @@ def test_an_unknown_section_is_refused(compare, capsys):
 def test_the_train_section_counts_both_steps_flops_on_the_meta_device(monkeypatch):
     """The FLOP count runs the real training step (per-example generators included) with no data."""
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    compare_train = importlib.import_module("compare_train")
     from step import build_step
+    from timing import measured_flops
 
     step, info = build_step("tiny", device="meta")
-    flops = compare_train._flops(step)
+    flops = measured_flops(step)
     # training = forward + backward: at least the 6 x parameters x tokens rule's order of magnitude
     tokens = info["batch"] * info["cost"]["train_sequence_length_computed"]
     assert flops > 2 * sum(p.numel() for p in info["model"].parameters() if p.requires_grad) * tokens

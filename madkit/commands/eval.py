@@ -168,8 +168,6 @@ def parse_checkpoint_steps(text: str) -> list[int]:
 
 
 def run(args) -> int:
-    import os
-
     from madkit.engine import distributed
     from madkit.engine.eval_ranks import evaluate_point
     from madkit.engine.generate import GuidanceError, parse_shard
@@ -182,11 +180,8 @@ def run(args) -> int:
     request = build_request(args)
     if args.steps is not None and args.steps <= 0:
         raise UsageError(f"--steps must be positive, got {args.steps}")
-    try:
-        shard = parse_shard(args.shard)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and shard != (0, 1):
+    shard = parse_shard(args.shard)
+    if distributed.under_torchrun() and shard != (0, 1):
         raise UsageError("--shard splits the images by hand, but under torchrun the ranks split them; drop --shard")
     protocol = args.last is not None or args.checkpoints is not None
     if args.last is not None and args.checkpoints is not None:
@@ -202,10 +197,7 @@ def run(args) -> int:
     evaluator = Evaluator(registry, request)
     checkpoints = []
     if protocol:
-        try:
-            checkpoints = select_checkpoints(args.run_dir, args.last, steps_wanted)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        checkpoints = select_checkpoints(args.run_dir, args.last, steps_wanted)
 
     def report(record, run) -> None:
         print_record(record)
@@ -221,10 +213,7 @@ def run(args) -> int:
                     print(f"wrote {Path(summary['run']['dir']) / 'eval' / (summary['name'] + '.json')}")
             else:
                 loaded = load_run(args.run_dir, registry, request.use_ema, env.device)
-                if env.distributed:
-                    record = evaluate_point(evaluator, loaded, args.steps, env, name=args.name, force=args.force)
-                else:
-                    record = evaluator.evaluate(loaded, args.steps, shard=shard, name=args.name, force=args.force)
+                record = evaluate_point(evaluator, loaded, args.steps, env, name=args.name, force=args.force, shard=shard)
                 if record is None or not env.is_main:
                     return 0
                 report(record, loaded)  # the run's sinks (event files in the run folder) too, under the lock

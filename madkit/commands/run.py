@@ -64,16 +64,12 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / loaded.spec.name
 
     # torch and the engine are imported only now: `madkit --help` and `validate` stay fast
-    from madkit.engine.checkpoint import IncompatibleCheckpointError
-    from madkit.engine.resume_changes import ResumeChangeError
     from madkit.engine.train import train
 
-    try:
-        result = train(
-            loaded, registry, out, stop_after=args.stop_after, allow_changes=args.allow_changes, from_step=args.from_step
-        )
-    except (IncompatibleCheckpointError, ResumeChangeError) as exc:
-        raise UsageError(str(exc)) from None
+    # checkpoint and resume-change refusals are UserErrors: the CLI prints them as one line, exit 2
+    result = train(
+        loaded, registry, out, stop_after=args.stop_after, allow_changes=args.allow_changes, from_step=args.from_step
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.run_dir}")
         if result.checkpoint:

@@ -8,7 +8,6 @@ records already written are reused.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def run(args) -> int:
 
     import torch
 
-    from madkit.engine.distributed import resolve_device
+    from madkit.engine.distributed import resolve_device, under_torchrun
     from madkit.engine.study import evaluate_runs, plan_study, train_runs, trained_steps
     from madkit.engine.study_results import write_results
     from madkit.registry import Registry
@@ -60,7 +59,7 @@ def run(args) -> int:
     def log(message: str) -> None:
         print(f"madkit: {message}", file=sys.stderr, flush=True)
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if under_torchrun():
         raise UsageError("a study runs in one process; under torchrun train or evaluate its runs one by one "
                          "(`madkit run`, `madkit eval`)")
     overrides = {
@@ -72,12 +71,9 @@ def run(args) -> int:
     folder = Path(args.folder)
     out = Path(args.out) if args.out else Path("runs") / folder.resolve().name
     registry = Registry.load()
-    try:
-        study = plan_study(folder, out, registry, overrides, args.sets)
-        for planned in study.runs:  # a folder holding another spec is refused before anything trains
-            trained_steps(planned, registry)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    study = plan_study(folder, out, registry, overrides, args.sets)
+    for planned in study.runs:  # a folder holding another spec is refused before anything trains
+        trained_steps(planned, registry)
     started = time.perf_counter()
     log(f"study {folder}: {len(study.settings)} setting(s) x {len(study.config.seeds)} seed(s) into {out}")
     training = train_runs(study, registry, log)

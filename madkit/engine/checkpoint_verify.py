@@ -37,7 +37,6 @@ from madkit.engine.checkpoint import (
     SHARDED_DIR,
     STATE_FILE,
     CheckpointError,
-    is_complete,
     is_sharded,
     list_checkpoints,
 )
@@ -195,7 +194,7 @@ def choose_checkpoint(path: str | Path) -> Path:
     """What ``sample``/``eval`` load: a checkpoint folder, verified, or a run folder's newest verified
     checkpoint (warning about newer ones that fail). Raises ``CheckpointError`` with the reasons."""
     path = Path(path)
-    if (path / STATE_FILE).is_file() or is_complete(path):
+    if (path / STATE_FILE).is_file():  # a checkpoint folder (is_complete needs state.pt too)
         try:
             verify_checkpoint(path)
         except CheckpointError as exc:

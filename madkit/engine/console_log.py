@@ -58,6 +58,8 @@ class _Tee(io.TextIOBase):
         self._stream.write(text)
         self._partial += text
         *lines, self._partial = self._partial.split("\n")
+        # only the text after the last \r is ever logged: a bar redrawn in place for a whole run must not pile up
+        self._partial = self._partial[self._partial.rfind("\r") + 1:]
         for line in lines:
             shown = line.rsplit("\r", 1)[-1]  # a bar redrawn in place: keep its final state
             if shown.strip():

@@ -49,13 +49,17 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError("train.device asks for CUDA but torch sees no CUDA device; use 'auto' or 'cpu'")
         # under torchrun each process takes the device of its local rank, whatever index was named
-        under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        index = local_rank if under_torchrun else (device.index or 0)
+        index = local_rank if under_torchrun() else (device.index or 0)
         if index >= torch.cuda.device_count():
             raise ConfigError(f"local rank {local_rank} needs cuda:{index} but only {torch.cuda.device_count()} exist")
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     return device
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun (or another launcher setting WORLD_SIZE) started more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def setup(device_preference: str, group_when_alone: bool = False) -> DistEnv:

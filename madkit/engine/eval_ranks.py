@@ -24,10 +24,12 @@ def evaluate_point(
     env: DistEnv,
     name: str | None = None,
     force: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any] | None:
-    """The point's record (on every rank when it was already up to date, else on rank 0; None on the others)."""
+    """The point's record (on every rank when it was already up to date, else on rank 0; None on the others).
+    ``shard``: a single process's own share of the images (``--shard i/k``); under torchrun the ranks split them."""
     if not env.distributed:
-        return evaluator.evaluate(run, steps, name=name, force=force)
+        return evaluator.evaluate(run, steps, shard=shard, name=name, force=force)
     shard = (env.rank, env.world_size)
     # rank 0 builds the extractor first: a proxy that is not cached yet is trained once and cached,
     # then loaded by the others, so every rank embeds with the very same weights

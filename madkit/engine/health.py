@@ -107,6 +107,7 @@ class HealthGuard:
         self.best: dict[str, tuple[float, int]] = {}  # "loss"/"grad_norm" -> (lowest median, its step)
         self.trend_problems: list[str] = []  # found by the last step check
         self.weight_problems: list[str] = []  # found by the last weight check
+        self._weight_at: tuple[int, float] | None = None  # (step, largest |weight|) of the last weight check
         self._warned = False
 
     @property
@@ -163,6 +164,7 @@ class HealthGuard:
         else:
             self.weight_problems = []
         self._judge(step)
+        self._weight_at = (step, weight)
         return weight
 
     def _peaks(self) -> list[str]:
@@ -224,7 +226,12 @@ class HealthGuard:
     def before_save(self, step: int, params: list[torch.Tensor]) -> tuple[dict[str, Any], Path | None]:
         """(the figures the checkpoint records, the checkpoint pruning must keep); under ``stop`` a
         failing state raises here, before anything is written."""
-        weight = self.check_weights(step, params)
+        # a step that logged has just scanned these very weights (a full pass, a sync, under sharding
+        # an all-reduce); every rank takes the same branch, so the collectives stay matched
+        if self._weight_at is not None and self._weight_at[0] == step:
+            weight = self._weight_at[1]
+        else:
+            weight = self.check_weights(step, params)
         problems = self.problems + self._peaks()
         figures = {
             "step": step,

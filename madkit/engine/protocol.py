@@ -24,6 +24,7 @@ from typing import Any
 
 import madkit
 from madkit.engine.checkpoint import list_checkpoints, step_dir_name
+from madkit.errors import ConfigError
 from madkit.engine.distributed import DistEnv
 from madkit.engine.eval_ranks import evaluate_point
 from madkit.engine.spread import SUMMARY_KIND, is_spread, spread_key, summarize
@@ -37,12 +38,12 @@ def select_checkpoints(run_dir: str | Path, last: int | None = None, steps: Sequ
     if steps:
         missing = [s for s in steps if s not in found]
         if missing:
-            raise ValueError(f"{run_dir} has no complete checkpoint at step(s) {missing}; it has: {have}")
+            raise ConfigError(f"{run_dir} has no complete checkpoint at step(s) {missing}; it has: {have}")
         return [found[s] for s in sorted(set(steps))]
     if last is None or last < 1:
-        raise ValueError("name the checkpoints: the last K (K >= 1) or a list of steps")
+        raise ConfigError("name the checkpoints: the last K (K >= 1) or a list of steps")
     if len(found) < last:
-        raise ValueError(
+        raise ConfigError(
             f"{run_dir} holds {len(found)} complete checkpoint(s) ({have}), fewer than the {last} asked for; "
             f"train with train.keep_ckpts >= {last}, or ask for fewer"
         )

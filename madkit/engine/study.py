@@ -35,6 +35,7 @@ from typing import Any
 
 import attrs
 
+from madkit.errors import ConfigError
 from madkit.experiment_spec import LoadedSpec, load_spec
 from madkit.registry import Registry
 from madkit.spec import Problems, SpecError, make_converter, structure
@@ -109,11 +110,11 @@ def plan_study(folder: str | Path, out: str | Path, registry: Registry, override
     """Read the design and check every spec with every seed (``sets`` apply to all) before anything runs."""
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder; pass a study folder of experiment specs")
+        raise ConfigError(f"{folder} is not a folder; pass a study folder of experiment specs")
     config = load_study_config(folder, registry, overrides or {})
     names = config.specs or sorted(p.name for p in folder.glob("*.toml") if p.name != STUDY_FILE)
     if not names:
-        raise ValueError(f"{folder} holds no experiment specs (*.toml besides {STUDY_FILE})")
+        raise ConfigError(f"{folder} holds no experiment specs (*.toml besides {STUDY_FILE})")
     specs = {Path(name).stem: folder / name for name in names}
     problems, runs = _unknown_kinds(config, registry, folder / STUDY_FILE), []
     for setting, path in specs.items():
@@ -159,7 +160,7 @@ def trained_steps(run: PlannedRun, registry: Registry) -> int:
     stored = with_current_defaults(stored_spec(ckpt), registry)  # keys added since are no difference
     differences = [d for d in all_spec_differences(stored, run.loaded.raw) if not is_neutral(d[0])]
     if differences:
-        raise ValueError(
+        raise ConfigError(
             f"{run.run_dir} was trained from another spec than {run.loaded.source} with seed {run.seed} "
             f"({describe(differences[:4])}); give the study another --out folder, or remove that run"
         )
@@ -253,6 +254,5 @@ def evaluate_runs(study: Study, registry: Registry, device: Any, log: Callable[[
         for row in result.rows:
             points.append({**row, "label": costs[setting].label, "setting": setting, "seed": seed_of[row["run"]],
                            "budget_matched": row["steps"] in matches[setting]})
-    return {"points": points, "budgets": budgets, "matches": matches,
-            "labels": {s: c.label for s, c in costs.items()}, "seconds": time.perf_counter() - started,
+    return {"points": points, "budgets": budgets, "matches": matches, "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu}

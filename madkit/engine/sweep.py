@@ -230,9 +230,10 @@ class Evaluator:
         """The extractor asked for, else ``proxy`` for the embedded OpenMoji data (Inception knows
         nothing of emoji and needs downloaded weights) and ``inception`` for everything else."""
         if self.request.extractor is not None:
-            return with_proxy_data(dict(self.request.extractor), run.data, self.registry)
-        kind = self.registry.kind_of("data", run.data)
-        return with_proxy_data({"kind": "proxy" if kind == "openmoji" else "inception"}, run.data, self.registry)
+            table = dict(self.request.extractor)
+        else:
+            table = {"kind": "proxy" if self.registry.kind_of("data", run.data) == "openmoji" else "inception"}
+        return with_proxy_data(table, run.data, self.registry)
 
     def _data_key(self, data: Any) -> dict[str, Any]:
         return {"kind": self.registry.kind_of("data", data), **attrs.asdict(data)}

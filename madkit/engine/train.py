@@ -285,10 +285,9 @@ class Trainer:
     def _from_step_target(self) -> Path:
         """``--from STEP``: that checkpoint, verified; every newer one is to be set aside."""
         root, step = self.run_dir.root, self.from_step
-        found = checkpoint.list_checkpoints(root)
         target = root / checkpoint.CHECKPOINTS / checkpoint.step_dir_name(step)
         if not target.is_dir():
-            steps = ", ".join(str(s) for s, _ in found) or "none"
+            steps = ", ".join(str(s) for s, _ in checkpoint.list_checkpoints(root)) or "none"
             raise ConfigError(f"--from {step}: {root} has no checkpoint of step {step} (its checkpoints: {steps})")
         checkpoint_verify.verify_checkpoint(target)
         newer = [p for p in (root / checkpoint.CHECKPOINTS).iterdir() if p.name.isdigit() and int(p.name) > step]

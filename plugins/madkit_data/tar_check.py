@@ -25,12 +25,10 @@ def shard_problem(path: str) -> str | None:
                 end, count = member.offset_data + -(-member.size // BLOCK) * BLOCK, count + 1
             tar.fileobj.seek(end)
             tail = tar.fileobj.read(END_OF_ARCHIVE)
-    except tarfile.ReadError as exc:
-        if count and "unexpected end of data" in str(exc):  # a member's data runs past the end of the file
-            return f"ends early: cut off inside member {count} (an interrupted copy or write?)"
-        reason = str(exc).strip().splitlines()[-1].removeprefix("- method tar: ") or type(exc).__name__
-        return f"not a readable tar archive ({reason})"
     except (tarfile.TarError, EOFError, zlib.error) as exc:
+        if isinstance(exc, tarfile.ReadError) and count and "unexpected end of data" in str(exc):
+            # a member's data runs past the end of the file
+            return f"ends early: cut off inside member {count} (an interrupted copy or write?)"
         # tarfile.open("r:*") lists one failure per compression it tried; the plain-tar one says most
         reason = str(exc).strip().splitlines()[-1].removeprefix("- method tar: ") or type(exc).__name__
         return f"not a readable tar archive ({reason})"

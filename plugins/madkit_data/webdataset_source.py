@@ -22,7 +22,6 @@ says so when it is missing.
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import torch
 
+from madkit import per_example
 from madkit_layers.attention import CachedPlan, LayerCache
 from madkit_layers.masks import CLEAN, NOISED
 from madkit_models.madformer import full_precision
-from madkit_models.passes import BlockSteps, Passes
+from madkit_models.passes import BlockSteps, Passes, clean_pass
 
 
 class BlockwiseSession:
@@ -53,7 +54,7 @@ class BlockwiseSession:
         self.block = -1
         self._last_clean = None  # what recompute_clean_block needs
         if ctx is not None:  # once per session, one token: not worth a compiled variant
-            self._clean_pass(full_precision(ctx), model.context_layout(), clean_pass=Passes.of("eager").clean)
+            self._clean_pass(full_precision(ctx), model.context_layout(), clean_pass=clean_pass)
 
     def _windows(self, layers, m: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         return {i: self.passes.window(*self.caches[i].window(m)) for i in layers if i in self.caches}
@@ -166,11 +167,6 @@ def uncached_predict(model, ctx, clean_blocks: list[torch.Tensor], j: int, xt: t
     return model.unembed_blocks(out[:, -1:], mt[:, None], aux)[:, 0]
 
 
-def per_image_noise(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
-    """One draw per image from its own generator: images do not depend on batch composition."""
-    return torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]).to(device)
-
-
 class CachedBlocks:
     """Predictions for one batch of rows (n images, or 2n with batched guidance) through a session."""
 
@@ -248,7 +244,7 @@ def generate_blocks(
         null = model.class_embed(torch.full((n,), model.num_classes, device=device, dtype=torch.long))[:, None, :]
         contexts = [torch.cat([ctx, null])] if batch_guidance else [ctx, null]
     repeats = 2 if use_cfg and batch_guidance else 1
-    passes = Passes.of(getattr(model, "denoise_step", "eager"))
+    passes = Passes.of(model.denoise_step)
     branches = [
         CachedBlocks(model, c, n, repeats, passes, recompute_clean) if use_cache else UncachedBlocks(model, c, repeats)
         for c in contexts
@@ -259,7 +255,8 @@ def generate_blocks(
         for branch in branches:
             branch.begin(j, (blocks[j - 1], finals[j - 1]) if j else None)
         run = sampler.start(steps, device)
-        x = per_image_noise(generators, (model.B, model.embedder.cell_dim), device, torch.float32)
+        # one draw per image from its own generator: images do not depend on batch composition
+        x = per_example.randn(generators, (model.B, model.embedder.cell_dim), device)
         x = x * sampler.init_noise_sigma
         for t in run.timesteps:
             x_in = run.scale_input(x, t)

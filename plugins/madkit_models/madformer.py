@@ -64,7 +64,7 @@ class MADFormer(GenerativeModel):
         self.register_buffer("rope_cos", cos.view(self.T, self.B, head_dim), persistent=False)
         self.register_buffer("rope_sin", sin.view(self.T, self.B, head_dim), persistent=False)
         self.activation_checkpointing = False
-        self.denoise_step = cfg.denoise_step  # how cached generation runs a step (step_runner.py); settable
+        self.denoise_step = cfg.denoise_step  # how cached generation runs its passes (passes.py); settable
         self._plans: dict[tuple, FullPlan] = {}
         self.reset_parameters()
 

@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import attrs
 import torch
 
 from madkit.interfaces import NoiseSchedule, Sampler, SpecProblem

@@ -122,7 +122,8 @@ def train_proxy(
     # a bar on a terminal, and one plain line per epoch everywhere: training takes minutes on a CPU
     bar = tqdm(total=total, unit="step", desc="proxy extractor", disable=None, file=sys.stderr)
     for epoch in range(epochs):
-        running, seen = 0.0, 0
+        # summed on the device: a .item() per step would wait for every step to finish on a GPU
+        running, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         for idx in torch.randperm(len(y_train), generator=generator).split(batch):
             idx = idx.to(device)
             xb = _shift(x_train[idx], max_shift, generator)
@@ -131,10 +132,10 @@ def train_proxy(
             loss.backward()
             opt.step()
             sched.step()
-            running, seen = running + loss.item() * len(idx), seen + len(idx)
+            running, seen = running + loss.detach().double() * len(idx), seen + len(idx)
             bar.update(1)
         bar.clear()
-        log(f"epoch {epoch + 1}/{epochs}: loss {running / max(seen, 1):.4f}")
+        log(f"epoch {epoch + 1}/{epochs}: loss {float(running) / max(seen, 1):.4f}")
     bar.close()
     net.eval().requires_grad_(False)
     stats = {
