@@ -28,7 +28,7 @@ import torch
 from timing import describe, describe_ratio, interleaved, measured_flops, quartiles, ratio
 
 from madkit.build import build_experiment
-from madkit.engine import rng
+from madkit import rng
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 from madkit_models.blockwise import generate_blocks

@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from madkit.build import build_experiment
-from madkit.engine.model_setup import compile_blocks, compile_cache_dir
-from madkit.engine.optim import fused_adamw_available
+from madkit.engine.training.model_setup import compile_blocks, compile_cache_dir
+from madkit.engine.training.optim import fused_adamw_available
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 

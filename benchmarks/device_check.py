@@ -83,7 +83,7 @@ def section_sample(args, record: Callable[[str, object], None]) -> None:
     import torch
 
     from madkit.build import build_experiment
-    from madkit.engine.generate import generate_latents
+    from madkit.generation import generate_latents
     from madkit.experiment_spec import load_spec
     from madkit.registry import Registry
 
@@ -139,7 +139,7 @@ def section_sample(args, record: Callable[[str, object], None]) -> None:
 
 
 def section_torchrun(args, record: Callable[[str, object], None]) -> None:
-    from madkit.engine.run_dir import read_metrics
+    from madkit.engine.checkpoints.run_folder import read_metrics
 
     device = "cpu" if args.cpu_smoke else "cuda"
     with tempfile.TemporaryDirectory(prefix="madkit-device-check-") as tmp:
@@ -404,7 +404,7 @@ def summary(name: str, outcome: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from madkit_models.madformer_config import DENOISE_STEPS
+    from madkit_models.passes import DENOISE_STEPS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", default="device_check.json", help="where to write the results")

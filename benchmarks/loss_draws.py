@@ -19,7 +19,7 @@ from timing import describe, interleaved, ratio
 
 from madkit import per_example
 from madkit.build import build_experiment
-from madkit.engine import rng
+from madkit import rng
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 

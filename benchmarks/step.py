@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from madkit.build import build_experiment
-from madkit.engine import rng
-from madkit.engine.model_setup import compile_blocks, enable_activation_checkpointing
-from madkit.engine.optim import build_optimizer
+from madkit import rng
+from madkit.engine.training.model_setup import compile_blocks, enable_activation_checkpointing
+from madkit.engine.training.optim import build_optimizer
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 

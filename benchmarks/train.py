@@ -3,7 +3,7 @@
     python benchmarks/train.py experiments/quickstart.toml --steps 20 --warmup 5 [--set k=v ...]
     torchrun --nproc_per_node=8 benchmarks/train.py SPEC ...      # the DDP throughput
 
-It runs ``madkit.engine.train.train`` for warmup + steps optimizer steps into a temporary folder
+It runs ``madkit.engine.training.loop.train`` for warmup + steps optimizer steps into a temporary folder
 (no sinks, one tiny sample grid at the end, a checkpoint only at the end) and reads the per-step
 records of metrics.jsonl: the figure is the median images/s over the steps after warmup, so
 compilation, cache warm-up, checkpointing and sampling are not counted. MFU is the model's own
@@ -60,8 +60,8 @@ def peak_flops(override_tflops: float) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from madkit.engine.run_dir import read_metrics
-    from madkit.engine.train import train
+    from madkit.engine.checkpoints.run_folder import read_metrics
+    from madkit.engine.training.loop import train
     from madkit.experiment_spec import load_spec
     from madkit.registry import Registry
 

@@ -32,7 +32,7 @@ _PUBLIC = {
     "ExperimentSpec": "madkit.experiment_spec",
     "Registry": "madkit.registry",
     "SpecError": "madkit.spec",
-    "TrainResult": "madkit.engine.train",
+    "TrainResult": "madkit.engine.training.loop",
 }
 
 __all__ = [

@@ -19,12 +19,14 @@ from typing import Any
 import torch
 
 from madkit.build import Experiment, build_experiment
-from madkit.engine import checkpoint, export
+from madkit.engine import checkpoints
+from madkit.engine.checkpoints import export_format
+from madkit.engine.checkpoints.weights import WeightsSource, load_for_inference, resolve_weights
 from madkit.engine.distributed import resolve_device
-from madkit.engine.generate import to_uint8_hwc
-from madkit.engine.inference import WeightsSource, load_for_inference, resolve_weights
+from madkit.engine.packaging import export
+from madkit.engine.packaging.hub import push_folder, resolve_pretrained
 from madkit.experiment_spec import LoadedSpec, load_spec
-from madkit.hub import push_folder, resolve_pretrained
+from madkit.generation import to_uint8_hwc
 from madkit.registry import Registry
 
 SpecSource = str | Path | Mapping[str, Any] | LoadedSpec
@@ -59,7 +61,7 @@ def train(
 ):
     """Train like ``madkit run``: into ``out`` (default ``runs/<name>``), resuming from its latest
     checkpoint when it has one. Returns a ``TrainResult`` (run folder, step, checkpoint, samples)."""
-    from madkit.engine.train import train as run_training
+    from madkit.engine.training.loop import train as run_training
 
     registry = registry or Registry.load()
     loaded = _loaded(spec, sets, registry)
@@ -111,9 +113,9 @@ class Pipeline:
         src = self.weights_source
         if src.kind == "checkpoint":
             return export.export_checkpoint(src.path, folder, self.experiment.registry)
-        manifest = export.read_export(src.path)
-        card = (src.path / export.CARD_FILE).read_text() if (src.path / export.CARD_FILE).is_file() else ""
-        weights = checkpoint.unwrapped_state_dict(self.model)
+        manifest = export_format.read_export(src.path)
+        card = (src.path / export_format.CARD_FILE).read_text() if (src.path / export_format.CARD_FILE).is_file() else ""
+        weights = checkpoints.unwrapped_state_dict(self.model)
         return export.write_export(folder, weights, manifest.spec, manifest.provenance, card)
 
     def push_to_hub(

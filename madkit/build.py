@@ -79,7 +79,7 @@ class Experiment:
         """
         import torch
 
-        from madkit.engine.generate import check_labels, generate_images
+        from madkit.generation import check_labels, generate_images
 
         model = model or self.model
         device = next(model.parameters()).device

@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
 
 @attrs.frozen
 class HealthConfig:
-    """The divergence guard (madkit.engine.health): what counts as unhealthy and what then happens."""
+    """The divergence guard (madkit.engine.training.health): what counts as unhealthy and what then happens."""
 
     action: str = attrs.field(default="stop", validator=attrs.validators.in_(("stop", "warn")))
     # the median loss of the last `window` steps above this multiple of its lowest median so far (0 = off)
@@ -127,7 +127,7 @@ class ExperimentSpec:
         if t.resume not in ("auto", "never") and not Path(t.resume).exists():
             yield SpecProblem("train.resume", f"checkpoint {t.resume!r} does not exist; use 'auto' or 'never'")
         if t.init_from and context.get("check_resources", True) and not Path(t.init_from).exists():
-            from madkit.hub import looks_like_hub_id
+            from madkit.hub_ids import looks_like_hub_id
 
             if not looks_like_hub_id(t.init_from):
                 yield SpecProblem(

@@ -24,7 +24,7 @@ import statistics
 import attrs
 
 import madkit
-from madkit.engine.evaluate import compute_metrics, data_images, to_uint8, with_proxy_data
+from madkit.engine.evaluation.evaluate import compute_metrics, data_images, to_uint8, with_proxy_data
 
 
 def main(argv: list[str] | None = None) -> int:

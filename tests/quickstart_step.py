@@ -36,7 +36,7 @@ SMALL = [
 def first_step(out: Path, micro: int, sets: list[str] = ()) -> dict:
     """{"loss": the global mean loss of step 1, "grads": {name: gradient}} (on every rank)."""
     from madkit.engine import distributed
-    from madkit.engine.train import Trainer
+    from madkit.engine.training.loop import Trainer
     from madkit.experiment_spec import load_spec
     from madkit.registry import Registry
 

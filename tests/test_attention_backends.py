@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import batch, build
-
 from madkit_layers import block_sparse, masks
 from madkit_layers.attention import FullPlan
 from madkit_models.cost import attention_pairs
+from model_helpers import batch, build
 
 HEADS, HEAD_DIM = 2, 8
 

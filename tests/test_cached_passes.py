@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import TINY_UNET, batch, build
-from test_generation import VARIANTS, _close, _sampler
-
-from madkit.engine import rng
 from madkit_layers.attention import LayerCache
 from madkit_models.blockwise import BlockwiseSession, cached_teacher_forced, generate_blocks
 from madkit_models.passes import BlockSteps
+from model_helpers import TINY_UNET, batch, build
+from test_generation import VARIANTS, _close, _sampler
+
+from madkit import rng
 
 
 def _blocks(model, num=2, steps=3, seed=7, sampler=None, **options):

@@ -16,10 +16,10 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 from safetensors.torch import load_file
 from torch import nn
 
-from madkit.engine import checkpoint as ckpt
-from madkit.engine.inference import load_for_inference
-from madkit.engine.run_dir import read_metrics
-from madkit.engine.train import train
+from madkit.engine import checkpoints as ckpt
+from madkit.engine.checkpoints.run_folder import read_metrics
+from madkit.engine.checkpoints.weights import load_for_inference
+from madkit.engine.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def _damaged(tmp_path, damage):
     ],
 )
 def test_verification_names_the_damage_and_falls_back(tmp_path, damage, message):
-    from madkit.engine.checkpoint_verify import CorruptCheckpointError, newest_verified, verify_checkpoint
+    from madkit.engine.checkpoints.verify import CorruptCheckpointError, newest_verified, verify_checkpoint
 
     bad = _damaged(tmp_path, damage)
     with pytest.raises(CorruptCheckpointError, match=message):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import madkit_codecs.plugin
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import madkit_codecs.plugin
-from madkit.registry import PluginInfo
 from madkit_codecs.identity import IdentityConfig
 from madkit_codecs.sd_vae import SDVAEConfig
+
+from madkit.registry import PluginInfo
 
 
 @pytest.fixture(autouse=True)

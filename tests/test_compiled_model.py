@@ -8,7 +8,7 @@ import pytest
 import torch
 from model_helpers import batch, build
 
-from madkit.engine.model_setup import compile_blocks
+from madkit.engine.training.model_setup import compile_blocks
 
 
 def _loss_and_grads(model, latents, labels):

@@ -8,24 +8,24 @@ import logging
 import tarfile
 from pathlib import Path
 
+import madkit_data.openmoji as openmoji
+import madkit_data.plugin
 import numpy as np
 import pytest
 import torch
 from fake_plugins import TINY_SPEC
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
-
-import madkit_data.openmoji as openmoji
-import madkit_data.plugin
-from madkit.experiment_spec import load_spec
-from madkit.registry import PluginInfo
-from madkit.spec import SpecError
 from madkit_data.decoding import BadImageError
 from madkit_data.emoji_groups import GROUPS, group_of, parse_sequence
 from madkit_data.folder import FolderConfig
 from madkit_data.openmoji import OpenMojiConfig
 from madkit_data.transforms import ImageTransform
+from PIL import Image
+
+from madkit.experiment_spec import load_spec
+from madkit.registry import PluginInfo
+from madkit.spec import SpecError
 
 
 @pytest.fixture(autouse=True)
@@ -304,7 +304,7 @@ def test_a_16_bit_ramp_keeps_its_range(tmp_path, colour):
     assert row[0] == -1.0 and row[-1] == 1.0  # the full range, not clipped to white
     assert bool((row[1:] > row[:-1]).all())  # still a ramp
     assert torch.allclose(row, torch.linspace(-1, 1, 16), atol=1 / 255)
-    from madkit.engine.evaluate import folder_images
+    from madkit.engine.evaluation.evaluate import folder_images
 
     (reference,) = folder_images(tmp_path).batches(1)  # reference folders for FID read it the same way
     assert reference[0, 0, 0].tolist() == [round(v * 255 / 65535) for v in ramp[0].tolist()]

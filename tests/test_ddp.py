@@ -19,8 +19,8 @@ import torch
 from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 from safetensors.torch import load_file
 
-from madkit.engine.run_dir import read_metrics
-from madkit.engine.train import train
+from madkit.engine.checkpoints.run_folder import read_metrics
+from madkit.engine.training.loop import train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

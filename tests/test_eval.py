@@ -1,5 +1,5 @@
-"""``madkit eval`` (madkit/commands/eval.py, madkit/engine/sweep.py): what it records, per-image seeds,
-shards that combine to exactly the unsharded result, references, reuse, and bad input.
+"""``madkit eval`` (madkit/commands/eval.py, madkit/engine/evaluation/points.py): what it records,
+per-image seeds, shards that combine to exactly the unsharded result, references, reuse, and bad input.
 
 One tiny model is trained for 3 steps on 64 OpenMoji emoji at 16px; metrics use the offline proxy
 extractor (the default for OpenMoji data), trained once into a temporary cache.
@@ -17,8 +17,8 @@ from eval_helpers import environment, train_tiny  # noqa: F401 (environment: aut
 
 import madkit
 from madkit.cli import main
-from madkit.engine.inference import load_for_inference
-from madkit.engine.sweep import Evaluator, Request
+from madkit.engine.checkpoints.weights import load_for_inference
+from madkit.engine.evaluation.points import Evaluator, Request
 from madkit.registry import Registry
 
 ARGS = ["--num", "8", "--steps", "2", "--batch", "4"]
@@ -191,7 +191,7 @@ def test_fid_stats_reports_proxy_training_progress_and_caches_under_madkit_cache
 def test_unlabelled_openmoji_data_gets_a_proxy_that_learns_from_every_group():
     from madkit_data.openmoji import OpenMojiConfig
 
-    from madkit.engine.evaluate import with_proxy_data
+    from madkit.engine.evaluation.evaluate import with_proxy_data
 
     registry = Registry.load()
     faces = OpenMojiConfig(resolution=32, groups=("smileys-emotion",), labels=False)  # the quickstart's data

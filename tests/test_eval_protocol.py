@@ -1,5 +1,5 @@
-"""The FID protocol over checkpoints (``madkit eval --last K``, madkit/engine/protocol.py) and evaluation
-split over torchrun's ranks (madkit/engine/eval_ranks.py).
+"""The FID protocol over checkpoints (``madkit eval --last K``, madkit/engine/evaluation/protocol.py) and
+evaluation split over torchrun's ranks (madkit/engine/evaluation/ranks.py).
 
 One tiny model is trained for 3 steps with a checkpoint after each; metrics use the offline proxy
 extractor (the OpenMoji default), trained once into a temporary cache shared with the subprocesses.
@@ -17,7 +17,7 @@ import pytest
 from eval_helpers import environment, train_tiny  # noqa: F401 (environment: autouse fixture for this module)
 
 from madkit.cli import main
-from madkit.engine.sweep import Evaluator
+from madkit.engine.evaluation.points import Evaluator
 
 ARGS = ["--num", "8", "--steps", "2", "--batch", "4"]
 SETTINGS = "ema-ddim-s2-n8-seed0-proxy"

@@ -145,7 +145,7 @@ def test_the_imagenet_base_is_class_conditional_on_a_16x16_token_grid(registry):
 
 @pytest.mark.parametrize("design", STUDY_DESIGNS, ids=[str(p.relative_to(EXPERIMENTS)) for p in STUDY_DESIGNS])
 def test_every_study_design_plans_all_its_runs(design, registry):
-    from madkit.engine.study import plan_study
+    from madkit.engine.studies.runner import plan_study
 
     study = plan_study(design.parent, "unused", registry)
     assert len(study.runs) == len(study.settings) * len(study.config.seeds) >= 9  # >= 3 settings x 3 seeds

@@ -1,5 +1,6 @@
-"""The export format (madkit/engine/export.py): self-describing weights, versioned, written atomically,
-read by the one inference loader; refusals that say what to do."""
+"""The export format (madkit/engine/packaging/export.py writes it, madkit/engine/checkpoints/export_format.py
+reads it): self-describing weights, versioned, written atomically, read by the one inference loader;
+refusals that say what to do."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture: tiny models
 from safetensors.torch import save_file
 
 from madkit.cli import main
-from madkit.engine import export
-from madkit.engine.inference import resolve_weights
+from madkit.engine.checkpoints import export_format
+from madkit.engine.checkpoints.weights import resolve_weights
+from madkit.engine.packaging import export
 
 SPEC = {"name": "x", "model": {"kind": "madformer"}}
 
@@ -24,29 +26,29 @@ def _write(tmp_path, name="out"):
 
 def test_weights_carry_their_spec_provenance_and_format_version(tmp_path):
     out, weights = _write(tmp_path)
-    manifest = export.read_export(out)
-    assert manifest.format_version == export.FORMAT_VERSION and manifest.spec == SPEC and manifest.step == 7
+    manifest = export_format.read_export(out)
+    assert manifest.format_version == export_format.FORMAT_VERSION and manifest.spec == SPEC and manifest.step == 7
     assert manifest.shapes == {"a": (2, 3), "b": (4,)}
-    loaded = export.load_export_weights(out)
+    loaded = export_format.load_export_weights(out)
     assert all(torch.equal(loaded[k], weights[k]) for k in weights)
-    assert export.is_export(out) and (out / export.SPEC_FILE).read_text().startswith('name = "x"')
+    assert export_format.is_export(out) and (out / export_format.SPEC_FILE).read_text().startswith('name = "x"')
     source = resolve_weights(out)
     assert (source.kind, source.step, source.home, source.label) == ("export", 7, out, "export")
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())  # the temp folder is gone
 
 
 def test_a_checkpoint_folder_is_not_an_export(tmp_path):
-    save_file({"a": torch.zeros(1)}, tmp_path / export.WEIGHTS_FILE, metadata={"format": "pt"})
-    assert not export.is_export(tmp_path)
-    with pytest.raises(export.ExportError, match="not a madkit export"):
-        export.read_export(tmp_path)
+    save_file({"a": torch.zeros(1)}, tmp_path / export_format.WEIGHTS_FILE, metadata={"format": "pt"})
+    assert not export_format.is_export(tmp_path)
+    with pytest.raises(export_format.ExportError, match="not a madkit export"):
+        export_format.read_export(tmp_path)
 
 
 def test_a_newer_format_is_refused_naming_the_fix(tmp_path):
-    metadata = {export.FORMAT_KEY: str(export.FORMAT_VERSION + 1), "spec": json.dumps(SPEC)}
-    save_file({"a": torch.zeros(1)}, tmp_path / export.WEIGHTS_FILE, metadata=metadata)
-    with pytest.raises(export.ExportError, match="newer than this madkit reads .*; upgrade madkit"):
-        export.read_export(tmp_path)
+    metadata = {export_format.FORMAT_KEY: str(export_format.FORMAT_VERSION + 1), "spec": json.dumps(SPEC)}
+    save_file({"a": torch.zeros(1)}, tmp_path / export_format.WEIGHTS_FILE, metadata=metadata)
+    with pytest.raises(export_format.ExportError, match="newer than this madkit reads .*; upgrade madkit"):
+        export_format.read_export(tmp_path)
 
 
 def test_an_occupied_destination_is_a_usage_error_and_stays_untouched(tmp_path, capsys):
@@ -56,8 +58,8 @@ def test_an_occupied_destination_is_a_usage_error_and_stays_untouched(tmp_path, 
     assert main(["export", str(tmp_path / "no-run"), "--out", str(out)]) == 2
     assert "already exists and is not an empty folder; choose another --out" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
-    with pytest.raises(export.ExportError):
+    with pytest.raises(export_format.ExportError):
         _write(tmp_path, "taken")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert export.is_export(_write(tmp_path, "empty")[0])  # an empty folder is fine
+    assert export_format.is_export(_write(tmp_path, "empty")[0])  # an empty folder is fine

@@ -21,7 +21,7 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture: one intra-o
 
 import madkit
 from madkit.cli import main
-from madkit.engine import threads
+from madkit.engine.training import threads
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "tiny" / "madformer.toml"

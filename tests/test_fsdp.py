@@ -18,10 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from madkit import rng
 from madkit.cli import main as cli
-from madkit.engine import checkpoint, fsdp, rng
-from madkit.engine.sharded_checkpoint import read_full
-from madkit.engine.train import train
+from madkit.engine import checkpoints
+from madkit.engine.checkpoints.sharded import read_full
+from madkit.engine.distributed import fsdp
+from madkit.engine.training.loop import train
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 
@@ -70,7 +72,7 @@ def train_here(registry, out: Path, *sets: str, stop_after: int | None = None):
 
 
 def assert_same_weights(a: Path, b: Path, use_ema: bool) -> None:
-    wa, wb = checkpoint.load_weights(a, use_ema), checkpoint.load_weights(b, use_ema)
+    wa, wb = checkpoints.load_weights(a, use_ema), checkpoints.load_weights(b, use_ema)
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(
@@ -79,7 +81,7 @@ def assert_same_weights(a: Path, b: Path, use_ema: bool) -> None:
 
 
 def step_dir(run: Path, step: int) -> Path:
-    return run / checkpoint.CHECKPOINTS / checkpoint.step_dir_name(step)
+    return run / checkpoints.CHECKPOINTS / checkpoints.step_dir_name(step)
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +102,17 @@ def one_process(tmp_path_factory, registry) -> Path:
 
 def test_two_fsdp_ranks_write_sharded_checkpoints_equal_to_one_process(two_ranks, one_process):
     ckpt = step_dir(two_ranks, 3)
-    files = sorted(p.name for p in (ckpt / checkpoint.SHARDED_DIR).iterdir())
+    files = sorted(p.name for p in (ckpt / checkpoints.SHARDED_DIR).iterdir())
     assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its slices
-    assert not (ckpt / checkpoint.MODEL_FILE).exists()
-    state = checkpoint.load_state(ckpt)
+    assert not (ckpt / checkpoints.MODEL_FILE).exists()
+    state = checkpoints.load_state(ckpt)
     assert state["layout"] == "sharded" and state["world_size"] == 2 and len(state["rng"]) == 2
     assert "optimizer" not in state  # it is sharded with the weights
     assert (two_ranks / "samples" / "step_00000003.png").is_file()  # both ranks sampled, rank 0 wrote
 
     # the names are the bare model's, with no wrapper segment
     names = set(read_full(ckpt, "model"))
-    assert names == set(load_file(step_dir(one_process, 3) / checkpoint.MODEL_FILE))
+    assert names == set(load_file(step_dir(one_process, 3) / checkpoints.MODEL_FILE))
     assert not any("_fsdp" in n or "module." in n or "_orig_mod" in n for n in names)
     for use_ema in (False, True):
         assert_same_weights(ckpt, step_dir(one_process, 3), use_ema)
@@ -127,8 +129,8 @@ def test_sharded_checkpoint_resumes_on_one_rank_and_across_strategies(two_ranks,
     from_whole = train_here(
         registry, two_ranks.parent / "from_whole", "train.strategy=fsdp", f"train.resume={step_dir(one_process, 2)}"
     )
-    assert checkpoint.is_sharded(one_rank.checkpoint) and checkpoint.is_sharded(from_whole.checkpoint)
-    assert checkpoint.load_state(one_rank.checkpoint)["world_size"] == 1
+    assert checkpoints.is_sharded(one_rank.checkpoint) and checkpoints.is_sharded(from_whole.checkpoint)
+    assert checkpoints.load_state(one_rank.checkpoint)["world_size"] == 1
     for run in (one_rank, plain, from_whole):
         assert run.step == 3
         for use_ema in (False, True):
@@ -158,8 +160,8 @@ def copy_run(run: Path, to: Path) -> Path:
 
 
 def test_sharded_checkpoints_record_health_and_verify(two_ranks, tmp_path):
-    from madkit.engine.checkpoint_verify import CorruptCheckpointError, verify_checkpoint
-    from madkit.engine.health import newest_healthy, recorded_health
+    from madkit.engine.checkpoints.verify import CorruptCheckpointError, verify_checkpoint
+    from madkit.engine.training.health import newest_healthy, recorded_health
 
     ckpt = step_dir(two_ranks, 3)
     verify_checkpoint(ckpt)
@@ -169,7 +171,7 @@ def test_sharded_checkpoints_record_health_and_verify(two_ranks, tmp_path):
     assert record["passed"] and record["max_abs_weight"] == max(float(t.abs().max()) for t in whole.values())
     assert newest_healthy(two_ranks) == ckpt
     garbage = copy_run(two_ranks, tmp_path / "run")
-    metadata = step_dir(garbage, 3) / checkpoint.SHARDED_DIR / ".metadata"
+    metadata = step_dir(garbage, 3) / checkpoints.SHARDED_DIR / ".metadata"
     metadata.write_bytes(os.urandom(metadata.stat().st_size))
     with pytest.raises(CorruptCheckpointError, match=f"{metadata}: damaged"):
         verify_checkpoint(step_dir(garbage, 3))
@@ -179,7 +181,7 @@ def test_a_damaged_sharded_checkpoint_is_skipped_and_its_step_trained_again(two_
     """The newest sharded checkpoint has a truncated rank file: ``sample`` falls back to step 2 with a
     warning, and the run continues from step 2, sets step 3 aside and trains it again to the same weights."""
     run = copy_run(two_ranks, tmp_path / "run")
-    target = step_dir(run, 3) / checkpoint.SHARDED_DIR / "__1_0.distcp"
+    target = step_dir(run, 3) / checkpoints.SHARDED_DIR / "__1_0.distcp"
     target.write_bytes(target.read_bytes()[:-100])
     capsys.readouterr()
     assert cli(["sample", str(run), "--num", "1", "--steps", "2", "--out", str(tmp_path / "s"), "--device", "cpu"]) == 0
@@ -199,7 +201,7 @@ def test_a_full_disk_during_a_sharded_save_leaves_no_temp_folder(tmp_path, capsy
 
     import torch.distributed.checkpoint as dcp
 
-    from madkit.engine import disk_space
+    from madkit.engine.checkpoints import disk_space
 
     if how == "free-space-check":
         monkeypatch.setattr(disk_space, "free_bytes", lambda folder: 4096)
@@ -220,7 +222,7 @@ def test_a_full_disk_during_a_sharded_save_leaves_no_temp_folder(tmp_path, capsy
         torch.set_num_threads(before)
     line = capsys.readouterr().err.strip().splitlines()[0]
     assert "disk full" in line and "no checkpoint had been written yet" in line and "Traceback" not in line
-    assert [p.name for p in (out / checkpoint.CHECKPOINTS).iterdir()] == []  # no temp folder, no checkpoint
+    assert [p.name for p in (out / checkpoints.CHECKPOINTS).iterdir()] == []  # no temp folder, no checkpoint
 
 
 def test_strategy_spec_problems(registry):
@@ -285,7 +287,7 @@ def initial_weights(registry, *sets: str) -> dict[str, torch.Tensor]:
     rng.seed_globals(spec.seed, 0)
     device = "cpu" if spec.train.device == "auto" else spec.train.device  # initialised where the run did
     model = build_experiment(spec, registry, device=device).model
-    return {k: v.cpu() for k, v in checkpoint.unwrapped_state_dict(model).items()}
+    return {k: v.cpu() for k, v in checkpoints.unwrapped_state_dict(model).items()}
 
 
 def assert_similar_updates(a: dict, b: dict, start: dict, cosine: float) -> None:
@@ -305,8 +307,8 @@ def test_bf16_gathered_blocks_train_like_bf16_autocast(tmp_path, registry):
     torchrun(2, "run", str(TINY), "--out", str(tmp_path / "fsdp"), *sets)
     single = train_here(registry, tmp_path / "one", *bf16)
     start = initial_weights(registry, *bf16)
-    sharded = checkpoint.load_weights(step_dir(tmp_path / "fsdp", 3), False)
-    assert_similar_updates(sharded, checkpoint.load_weights(single.checkpoint, False), start, cosine=0.99)
+    sharded = checkpoints.load_weights(step_dir(tmp_path / "fsdp", 3), False)
+    assert_similar_updates(sharded, checkpoints.load_weights(single.checkpoint, False), start, cosine=0.99)
 
 
 # --------------------------------------------------------------------------- GPU
@@ -320,6 +322,6 @@ def test_cuda_fsdp_bf16_trains_like_plain_bf16(tmp_path, registry):
     sharded = train_here(registry, tmp_path / "fsdp", *cuda, "train.strategy=fsdp")
     plain = train_here(registry, tmp_path / "plain", *cuda)
     start = initial_weights(registry, *cuda)
-    a = checkpoint.load_weights(sharded.checkpoint, False)
-    b = checkpoint.load_weights(plain.checkpoint, False)
+    a = checkpoints.load_weights(sharded.checkpoint, False)
+    b = checkpoints.load_weights(plain.checkpoint, False)
     assert_similar_updates(a, b, start, cosine=0.98)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from madkit_models.blockwise import cached_teacher_forced
 from model_helpers import TINY_UNET, batch, build
 
-from madkit.engine import rng
-from madkit.engine.generate import generate_latents, parse_shard, shard_indices
-from madkit_models.blockwise import cached_teacher_forced
+from madkit import rng
+from madkit.generation import generate_latents, parse_shard, shard_indices
 
 VARIANTS = {
     "tiles": dict(partitioner="tiles"),

@@ -14,7 +14,7 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture: one intra-o
 
 import madkit
 from madkit.cli import main
-from madkit.engine import export
+from madkit.engine.checkpoints import export_format
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
@@ -42,7 +42,7 @@ def hub_cache(root: Path, repo_id: str, folder: Path) -> Path:
 def test_save_pretrained_then_from_pretrained_gives_the_same_images(trained, tmp_path):
     pipe = madkit.load(trained, device="cpu")
     folder = pipe.save_pretrained(tmp_path / "export")
-    assert export.is_export(folder)
+    assert export_format.is_export(folder)
     again = madkit.Pipeline.from_pretrained(folder, device="cpu")
     assert torch.equal(pipe.generate(2, steps=2, output="uint8"), again.generate(2, steps=2, output="uint8"))
 
@@ -78,7 +78,7 @@ def test_push_to_hub_uploads_the_export(trained, tmp_path, monkeypatch):
     pipe = madkit.load(trained, device="cpu")
     assert pipe.push_to_hub("someone/tiny-emoji", private=True) == "https://hub.example/commit/1"
     assert received["created"][0] == received["uploaded"] == "someone/tiny-emoji"
-    assert export.read_export(tmp_path / "uploaded").spec == export.read_export(pipe.save_pretrained(tmp_path / "mine")).spec
+    assert export_format.read_export(tmp_path / "uploaded").spec == export_format.read_export(pipe.save_pretrained(tmp_path / "mine")).spec
 
 
 def test_init_from_an_export_folder(trained, tmp_path, capsys):
@@ -89,6 +89,6 @@ def test_init_from_an_export_folder(trained, tmp_path, capsys):
     sets = [*QUICK, f"train.init_from={str(folder)!r}", "train.steps=1", "train.lr=1e-12"]
     assert main(["run", str(TINY), "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 0
     assert f"starting from the weights of {folder}" in capsys.readouterr().out
-    exported = load_file(folder / export.WEIGHTS_FILE)
+    exported = load_file(folder / export_format.WEIGHTS_FILE)
     tuned = load_file(out / "checkpoints" / "00000001" / "model.safetensors")
     assert all(torch.allclose(exported[k], tuned[k], atol=1e-6) for k in exported)

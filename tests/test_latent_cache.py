@@ -9,12 +9,12 @@ import attrs
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset, IterableDataset
-
-from madkit.engine.latent_cache import LatentDataset, latents_for_source, load_or_encode
-from madkit.interfaces import Codec, DataSource
 from madkit_data import openmoji
 from madkit_data.openmoji import OpenMojiConfig
+from torch.utils.data import Dataset, IterableDataset
+
+from madkit.engine.data.latent_cache import LatentDataset, latents_for_source, load_or_encode
+from madkit.interfaces import Codec, DataSource
 
 
 class CountingCodec(Codec):

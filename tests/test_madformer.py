@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import REFERENCE_NUMERICS, TINY_UNET, batch, build, config, registry
-
 from madkit_layers import masks
 from madkit_layers.attention import FullPlan
+from model_helpers import REFERENCE_NUMERICS, TINY_UNET, batch, build, config, registry
 
 # docs/method.md (the attention mask), T = 4: rows are query blocks (clean 0..3, noised 0..3), columns key blocks.
 PAPER_T4 = torch.tensor(

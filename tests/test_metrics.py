@@ -1,4 +1,4 @@
-"""Metrics and feature extractors (plugins/madkit_metrics, madkit/engine/evaluate.py, madkit fid-stats).
+"""Metrics and feature extractors (plugins/madkit_metrics, madkit/engine/evaluation/evaluate.py, madkit fid-stats).
 
 The offline proxy extractor is trained once per module on a synthetic labelled data set (coloured
 circles, squares, triangles and crosses on random backgrounds) made here, so nothing depends on
@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
 from madkit.cli import main
-from madkit.engine.evaluate import (
+from madkit.engine.evaluation.evaluate import (
     compute_metrics,
     data_images,
     extract,
@@ -516,7 +516,7 @@ def test_non_standard_inception_weights_get_a_name_of_their_own(tmp_path, monkey
 @pytest.mark.slow
 def test_openmoji_proxy_from_the_real_data_source(tmp_path):
     """The proxy on what it was made for: emoji groups of the built-in ``openmoji`` source (minutes on CPU)."""
-    from madkit.engine.evaluate import load_data_config
+    from madkit.engine.evaluation.evaluate import load_data_config
 
     registry = Registry.load()
     if "openmoji" not in registry.kinds("data"):

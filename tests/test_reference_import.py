@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 
 from madkit.build import build_experiment
 from madkit.cli import main
-from madkit.engine.generate import generate_latents
-from madkit.engine.inference import load_for_inference
+from madkit.engine.checkpoints.weights import load_for_inference
 from madkit.experiment_spec import load_spec
+from madkit.generation import generate_latents
 from madkit.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture: tiny models
 from madkit_models.blockwise import cached_teacher_forced
 from model_helpers import REFERENCE_NUMERICS, TINY_UNET, batch, build
 
-from madkit.engine.generate import generate_latents
+from madkit.generation import generate_latents
 from madkit.registry import Registry
 
 # the released geometry in miniature (U-Net embedder) for the teacher-forced check; the cheaper patch

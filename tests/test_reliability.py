@@ -27,12 +27,13 @@ import torch
 from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 
 from madkit import cli
-from madkit.engine import checkpoint as ckpt
-from madkit.engine.health import recorded_health
-from madkit.engine.inference import load_for_inference
-from madkit.engine.run_dir import read_metrics
-from madkit.engine.run_lock import RunLock
-from madkit.engine.train import train
+from madkit.engine import checkpoints as ckpt
+from madkit.engine.checkpoints import saving
+from madkit.engine.checkpoints.run_folder import read_metrics
+from madkit.engine.checkpoints.run_lock import RunLock
+from madkit.engine.checkpoints.weights import load_for_inference
+from madkit.engine.training.health import recorded_health
+from madkit.engine.training.loop import train
 
 
 @pytest.fixture
@@ -283,7 +284,7 @@ def test_a_full_disk_mid_save_leaves_no_temp_folder_and_names_the_latest(tmp_pat
     spec = fakes.write_spec(tmp_path, train={"steps": 6, "ckpt_every": 2}, log={"sinks": []})
     out = tmp_path / "run"
     # two files per checkpoint: the second checkpoint's first file fails
-    monkeypatch.setattr(ckpt, "save_file", _full_after(ckpt.save_file, 2))
+    monkeypatch.setattr(saving, "save_file", _full_after(saving.save_file, 2))
     assert madkit("run", spec, "--out", out) == 1
     line = err_lines(capsys)[0]
     assert "the checkpoint of step 4 could not be written" in line and "disk full (No space left on device)" in line
@@ -293,7 +294,7 @@ def test_a_full_disk_mid_save_leaves_no_temp_folder_and_names_the_latest(tmp_pat
 
 
 def test_too_little_free_space_is_refused_before_writing(tmp_path, registry, capsys, monkeypatch):
-    from madkit.engine import disk_space
+    from madkit.engine.checkpoints import disk_space
 
     spec = fakes.write_spec(tmp_path, train={"steps": 2}, log={"sinks": []})
     monkeypatch.setattr(disk_space, "free_bytes", lambda folder: 4096)
@@ -323,7 +324,7 @@ def test_a_real_full_tmpfs(tmp_path, registry, capsys, monkeypatch, precheck):
     """A 1 MiB tmpfs fills up: either the free-space check refuses the next save, or (with the check
     switched off) a real write runs out of space: ENOSPC from safetensors or torch's zip writer."""
     if not precheck:
-        monkeypatch.setattr(ckpt, "ensure_free", lambda *args: None)
+        monkeypatch.setattr(saving, "ensure_free", lambda *args: None)
     with small_tmpfs(tmp_path / "small", "1m") as disk:
         out = disk / "run"
         spec = fakes.write_spec(tmp_path, train={"steps": 400, "ckpt_every": 1, "keep_ckpts": 400}, log={"sinks": []})

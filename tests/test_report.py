@@ -1,4 +1,4 @@
-"""``madkit report`` (madkit/commands/report.py, madkit/engine/report.py): a self-contained page.
+"""``madkit report`` (madkit/commands/report.py, madkit/engine/evaluation/report.py): a self-contained page.
 
 The run folder is written by hand here (config, versions, metrics, grids, an eval record, a sweep),
 so the page's content can be checked exactly and without training anything.
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from madkit.cli import main
-from madkit.engine.report import MAX_GRIDS, build_report, evenly_spaced
+from madkit.engine.evaluation.report import MAX_GRIDS, build_report, evenly_spaced
 
 GRID_STEPS = [100 * i for i in range(1, 13)]  # 12 grids: more than the page shows
 

@@ -3,9 +3,8 @@ gradients to float rounding, same state-dict keys; the composite path where the 
 
 import pytest
 import torch
-from torch import nn
-
 from madkit_layers.rms_norm import RMSNorm
+from torch import nn
 
 
 def _pair(dim: int, eps: float):

@@ -19,8 +19,8 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 from quickstart_step import QUICKSTART, SMALL, first_step, relative_difference
 from safetensors.torch import load_file
 
-from madkit.engine.run_dir import read_metrics
-from madkit.engine.train import train
+from madkit.engine.checkpoints.run_folder import read_metrics
+from madkit.engine.training.loop import train
 from madkit.experiment_spec import load_spec
 from madkit.registry import Registry
 

@@ -1,4 +1,4 @@
-"""``madkit study`` (madkit/engine/study.py, study_results.py, commands/study.py): every spec x seed
+"""``madkit study`` (madkit/engine/studies/runner.py, results.py, commands/study.py): every spec x seed
 trained once, finished runs skipped, points at matched compute, the mean and spread over seeds, the
 verdict per budget.
 
@@ -18,8 +18,8 @@ from eval_helpers import environment  # noqa: F401 (autouse fixture for this mod
 from PIL import Image
 
 from madkit.cli import main
-from madkit.engine.study_results import trend, verdict
-from madkit.engine.sweep import Evaluator
+from madkit.engine.evaluation.points import Evaluator
+from madkit.engine.studies.results import trend, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
@@ -77,7 +77,7 @@ def test_the_study_trains_every_spec_and_seed_and_summarises_them(finished):
 
 def test_a_second_run_skips_finished_runs_and_reuses_every_record(finished, monkeypatch, capsys):
     folder, out = finished
-    monkeypatch.setattr("madkit.engine.train.train", lambda *a, **k: pytest.fail("trained a finished run"))
+    monkeypatch.setattr("madkit.engine.training.loop.train", lambda *a, **k: pytest.fail("trained a finished run"))
     monkeypatch.setattr(Evaluator, "_generate", lambda *a, **k: pytest.fail("generated for an up-to-date record"))
     records = sorted((out / "runs").glob("*/eval/*.json"))
     stamps = [p.stat().st_mtime_ns for p in records]
@@ -89,7 +89,7 @@ def test_a_second_run_skips_finished_runs_and_reuses_every_record(finished, monk
 
 def test_a_run_folder_trained_from_another_spec_is_refused_before_training(finished, monkeypatch, capsys):
     folder, out = finished
-    monkeypatch.setattr("madkit.engine.train.train", lambda *a, **k: pytest.fail("trained before refusing"))
+    monkeypatch.setattr("madkit.engine.training.loop.train", lambda *a, **k: pytest.fail("trained before refusing"))
     assert main(["study", str(folder), "--out", str(out), "--set", "train.lr=0.5"]) == 2
     err = capsys.readouterr().err
     assert "d1-seed0 was trained from another spec" in err and "train.lr" in err and "--out" in err

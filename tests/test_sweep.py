@@ -1,4 +1,4 @@
-"""``madkit sweep`` (madkit/commands/sweep.py, madkit/engine/sweep.py): step-count grids, the
+"""``madkit sweep`` (madkit/commands/sweep.py, madkit/engine/evaluation/sweep.py): step-count grids, the
 compute-matched budget, the CSV and the Figure-4 plot."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PIL import Image
 from madkit.cli import main
 from madkit.commands import UsageError
 from madkit.commands.sweep import parse_flops, parse_steps
-from madkit.engine.sweep import plot_sweep, steps_within_budget, write_csv
+from madkit.engine.evaluation.sweep import plot_sweep, steps_within_budget, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny" / "madformer.toml"

@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch import nn
 
-from madkit.engine import batches
-from madkit.engine.checkpoint import latest_checkpoint
-from madkit.engine.ema import EMA
-from madkit.engine.optim import LRSchedule, build_optimizer, split_decay
-from madkit.engine.precision import resolve_precision
-from madkit.engine.run_dir import read_metrics
-from madkit.engine.train import train
+from madkit.engine.checkpoints import latest_checkpoint
+from madkit.engine.checkpoints.run_folder import read_metrics
+from madkit.engine.data import batches
+from madkit.engine.training.ema import EMA
+from madkit.engine.training.loop import train
+from madkit.engine.training.optim import LRSchedule, build_optimizer, split_decay
+from madkit.engine.training.precision import resolve_precision
 from madkit.experiment_spec import TrainConfig
 
 
@@ -101,7 +101,7 @@ def test_only_linear_and_conv_weights_decay():
 
 
 def test_adamw_is_fused_where_torch_has_it_and_its_state_loads_either_way():
-    from madkit.engine.optim import fused_adamw_available, load_optimizer_state
+    from madkit.engine.training.optim import fused_adamw_available, load_optimizer_state
 
     cfg = TrainConfig(weight_decay=0.1, lr=1e-2)
     torch.manual_seed(0)
@@ -136,7 +136,7 @@ def test_adamw_is_fused_where_torch_has_it_and_its_state_loads_either_way():
 def test_compiled_artifacts_are_kept_in_madkits_cache(monkeypatch, tmp_path):
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    from madkit.engine.model_setup import compile_cache_dir
+    from madkit.engine.training.model_setup import compile_cache_dir
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what inductor sets on import
     monkeypatch.setenv("MADKIT_CACHE_DIR", str(tmp_path))

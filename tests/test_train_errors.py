@@ -13,9 +13,9 @@ import pytest
 from engine_fakes import one_thread  # noqa: F401  (autouse fixture)
 
 from madkit import cli
-from madkit.engine import checkpoint as ckpt
-from madkit.engine.inference import load_for_inference
-from madkit.engine.run_dir import read_metrics
+from madkit.engine import checkpoints as ckpt
+from madkit.engine.checkpoints.run_folder import read_metrics
+from madkit.engine.checkpoints.weights import load_for_inference
 
 
 @pytest.fixture

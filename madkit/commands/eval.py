@@ -2,12 +2,12 @@
 
 Writes RUN_DIR/eval/<name>.json with the metric values under their names (each with its spread,
 ``fid_std``), the extractor's name, and everything needed to reproduce them (see
-madkit.engine.sweep). ``--last K`` (or ``--checkpoints``) is the FID protocol: one record per
-checkpoint and a summary of their mean and spread (madkit.engine.protocol); records already up to
+madkit.engine.evaluation.sweep). ``--last K`` (or ``--checkpoints``) is the FID protocol: one record per
+checkpoint and a summary of their mean and spread (madkit.engine.evaluation.protocol); records already up to
 date are reused.
 
 Several processes: ``torchrun --nproc_per_node=K -m madkit eval ...`` splits the images over the
-ranks and rank 0 writes the record (madkit.engine.eval_ranks). By hand, ``--shard i/k`` makes each of
+ranks and rank 0 writes the record (madkit.engine.evaluation.ranks). By hand, ``--shard i/k`` makes each of
 k processes generate every k-th image and store its features; the shard that completes the set
 computes the metrics, so ``for i in 0..k-1: madkit eval RUN --shard i/k`` (in parallel or not) ends
 with the same JSON an unsharded call writes.
@@ -83,7 +83,7 @@ def add_parser(sub) -> None:
 
 def build_request(args):
     """The parsed shared options as an ``engine.sweep.Request``; bad values are a UsageError."""
-    from madkit.engine.sweep import Request
+    from madkit.engine.evaluation.points import Request
 
     if args.num < 2:
         raise UsageError(f"--num must be at least 2 (FID compares covariances), got {args.num}")
@@ -133,7 +133,7 @@ def check_kinds(registry, request) -> None:
 
 def print_record(record) -> None:
     """One line: every value with its spread, the extractor, and both sample counts."""
-    from madkit.engine.spread import describe
+    from madkit.engine.evaluation.spread import describe
 
     sampling, reference = record["sampling"], record.get("reference") or {}
     print(f"step {record['checkpoint']['step']}: {describe(record['metric_values'])} ({record['extractor']}; "
@@ -143,7 +143,7 @@ def print_record(record) -> None:
 
 def print_summary(summary) -> None:
     """The protocol's result: per metric the mean over checkpoints, their spread and each one's own."""
-    from madkit.engine.spread import format_number
+    from madkit.engine.evaluation.spread import format_number
 
     steps = [c["step"] for c in summary["checkpoints"]]
     values = []
@@ -169,12 +169,12 @@ def parse_checkpoint_steps(text: str) -> list[int]:
 
 def run(args) -> int:
     from madkit.engine import distributed
-    from madkit.engine.eval_ranks import evaluate_point
-    from madkit.engine.generate import GuidanceError, parse_shard
-    from madkit.engine.logs import log_eval_record
-    from madkit.engine.protocol import evaluate_checkpoints, select_checkpoints
-    from madkit.engine.run_lock import run_folder_of, writing_into
-    from madkit.engine.sweep import Evaluator, load_run, sample_size_note
+    from madkit.engine.evaluation.ranks import evaluate_point
+    from madkit.generation import GuidanceError, parse_shard
+    from madkit.engine.training.reporting import log_eval_record
+    from madkit.engine.evaluation.protocol import evaluate_checkpoints, select_checkpoints
+    from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
+    from madkit.engine.evaluation.points import Evaluator, load_run, sample_size_note
     from madkit.registry import Registry
 
     request = build_request(args)

@@ -1,7 +1,7 @@
 """``madkit export RUN_DIR --out DIR``: an inference-only folder (EMA weights, spec, model card).
 
 ``madkit sample``, ``eval`` and ``sweep`` accept the folder wherever they accept a run folder. The
-format is described in madkit/engine/export.py.
+format is described in madkit/engine/packaging/export.py (reading: madkit/engine/checkpoints/export_format.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from madkit.engine.export import WEIGHTS_FILE, ExportError, check_destination, export_checkpoint
+    from madkit.engine.checkpoints.export_format import WEIGHTS_FILE, ExportError
+    from madkit.engine.packaging.export import check_destination, export_checkpoint
     from madkit.registry import Registry
 
     try:

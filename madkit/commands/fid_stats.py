@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from madkit.engine.evaluate import (
+    from madkit.engine.evaluation.evaluate import (
         data_images,
         extract,
         load_data_config,

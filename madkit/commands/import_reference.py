@@ -3,7 +3,7 @@ as a madkit run folder, which ``madkit sample``, ``eval``, ``sweep`` and ``expor
 
 SPEC is the spec the checkpoint was trained with (experiments/madformer_ffhq_reference.toml for the
 released FFHQ model). A file that is not such a checkpoint, or does not fit the spec, is one message
-and exit code 2, with nothing written. How the file is read and checked: madkit/engine/reference_import.py.
+and exit code 2, with nothing written. How the file is read and checked: madkit/engine/packaging/reference_import.py.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from madkit.engine.reference_import import ReferenceImportError, import_reference
+    from madkit.engine.packaging.reference_import import ReferenceImportError, import_reference
     from madkit.experiment_spec import load_spec
     from madkit.registry import Registry
 

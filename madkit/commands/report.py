@@ -1,7 +1,7 @@
 """``madkit report RUN_DIR [--out FILE]``: a static, self-contained HTML page about one run.
 
 Config, loss curves, sample grids over training, metric tables (eval/*.json) and sweep plots; every
-image is inlined, so the page opens anywhere (see madkit.engine.report).
+image is inlined, so the page opens anywhere (see madkit.engine.evaluation.report).
 """
 
 from pathlib import Path
@@ -14,8 +14,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from madkit.engine.report import build_report
-    from madkit.engine.run_lock import run_folder_of, writing_into
+    from madkit.engine.evaluation.report import build_report
+    from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
 
     target = args.out or Path(args.run_dir) / "report.html"
     with writing_into(run_folder_of(args.run_dir), "madkit report", target):  # never beside a training run

@@ -64,7 +64,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / loaded.spec.name
 
     # torch and the engine are imported only now: `madkit --help` and `validate` stay fast
-    from madkit.engine.train import train
+    from madkit.engine.training.loop import train
 
     # checkpoint and resume-change refusals are UserErrors: the CLI prints them as one line, exit 2
     result = train(

@@ -25,8 +25,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from madkit.commands import UsageError
     from madkit.engine.distributed import resolve_device
-    from madkit.engine.generate import parse_shard
-    from madkit.engine.run_lock import run_folder_of, writing_into
+    from madkit.generation import parse_shard
+    from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.registry import Registry
 
     if args.num <= 0 or args.batch <= 0 or (args.steps is not None and args.steps <= 0):
@@ -44,9 +44,9 @@ def _sample(args, registry, device, shard) -> int:
     from PIL import Image
 
     from madkit.commands import UsageError
-    from madkit.engine.generate import GuidanceError, check_guidance, generate_images, shard_indices, to_uint8_hwc
-    from madkit.engine.inference import load_for_inference, resolve_weights
-    from madkit.engine.samples import save_grid
+    from madkit.generation import GuidanceError, check_guidance, generate_images, shard_indices, to_uint8_hwc
+    from madkit.engine.checkpoints.weights import load_for_inference, resolve_weights
+    from madkit.engine.training.sample_grids import save_grid
     from madkit.registry import UnknownKindError
 
     source = resolve_weights(args.checkpoint)

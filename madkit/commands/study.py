@@ -1,7 +1,7 @@
 """``madkit study DIR [--out OUT] [--results DIR] ...``: train every spec of a study folder with several
 seeds, sweep them over sampling steps at matched compute, and write the study's CSV, plot and verdict.
 
-The design lives in DIR/study.toml (see madkit.engine.study); the options below override it. Run the
+The design lives in DIR/study.toml (see madkit.engine.studies.runner); the options below override it. Run the
 same command again to continue: finished runs are skipped, unfinished ones resume, and evaluation
 records already written are reused.
 """
@@ -52,8 +52,8 @@ def run(args) -> int:
     import torch
 
     from madkit.engine.distributed import resolve_device, under_torchrun
-    from madkit.engine.study import evaluate_runs, plan_study, train_runs, trained_steps
-    from madkit.engine.study_results import write_results
+    from madkit.engine.studies.runner import evaluate_runs, plan_study, train_runs, trained_steps
+    from madkit.engine.studies.results import write_results
     from madkit.registry import Registry
 
     def log(message: str) -> None:

@@ -21,12 +21,12 @@ batches of n with ``batch_guidance=False``; both give the same images).
 from __future__ import annotations
 
 import torch
-
-from madkit import per_example
 from madkit_layers.attention import CachedPlan, LayerCache
 from madkit_layers.masks import CLEAN, NOISED
-from madkit_models.madformer import full_precision
+
+from madkit import per_example
 from madkit_models.passes import BlockSteps, Passes, clean_pass
+from madkit_models.residual import full_precision
 
 
 class BlockwiseSession:

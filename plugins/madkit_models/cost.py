@@ -15,9 +15,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from madkit_layers.masks import CLEAN, NOISED, allowed
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def linear_flops_per_token(module: torch.nn.Module) -> int:

@@ -16,14 +16,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from madkit_layers.attention import FullPlan, StreamLayout
+from madkit_layers.masks import CLEAN, CONTEXT, NOISED
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from madkit import per_example
 from madkit.interfaces import GenerativeModel, NoiseSchedule
-from madkit_layers.attention import FullPlan, StreamLayout
-from madkit_layers.masks import CLEAN, CONTEXT, NOISED
 from madkit_models.embedder_base import TimestepEmbedder
+from madkit_models.residual import full_precision
 
 
 class MADFormer(GenerativeModel):
@@ -295,12 +296,6 @@ class MADFormer(GenerativeModel):
         from madkit_models.reference_layout import reference_layout
 
         return reference_layout(self)
-
-
-def full_precision(x: torch.Tensor) -> torch.Tensor:
-    """Residual streams stay at least fp32 under autocast (bf16 residual additions over 28 layers
-    round away the small updates); only the matmuls inside the layers run in low precision."""
-    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def _concat_layouts(layouts: list[StreamLayout]) -> StreamLayout:

@@ -16,9 +16,9 @@ import attrs
 from madkit.interfaces import SpecProblem
 from madkit.spec import slot
 from madkit.validators import non_negative, one_of, positive
+from madkit_models.passes import DENOISE_STEPS
 
 CONTEXTS = ("clean+condition", "clean", "condition")
-DENOISE_STEPS = ("eager", "compiled", "cuda-graph", "compiled+cuda-graph")
 # the timestep a clean block's embedding gets: "zero" (it is clean), or "twin": the timestep of its noised
 # twin in training and the last timestep of its own denoising loop in sampling (the released checkpoint)
 CLEAN_TIMESTEPS = ("zero", "twin")

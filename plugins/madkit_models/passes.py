@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from madkit_models.madformer import full_precision
-from madkit_models.madformer_config import DENOISE_STEPS
+from madkit_models.residual import full_precision
+
+# how the diffusion tower's step runs while sampling (MadformerConfig.denoise_step)
+DENOISE_STEPS = ("eager", "compiled", "cuda-graph", "compiled+cuda-graph")
 
 
 def clean_pass(model, plan, x: torch.Tensor, first: int) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from madkit.engine.evaluate import deterministic_dataset, to_uint8
+from madkit.engine.evaluation.evaluate import deterministic_dataset, to_uint8
 from madkit.interfaces import DataSource
 from madkit_metrics.extractors.proxy_net import ProxyNet
 

@@ -1,0 +1,81 @@
+"""What sampling, evaluation and sweeps load: a run folder, a checkpoint folder or an export folder.
+
+``resolve_weights(path)`` says which it is and where outputs about it belong; ``load_for_inference``
+rebuilds the experiment from the spec stored with the weights and loads them. ``madkit sample``,
+``eval`` and ``sweep`` go through these two functions only, so any folder one accepts, all accept.
+
+    run folder         RUN/checkpoints/<latest step>/ (EMA or raw weights); outputs under RUN/
+    checkpoint folder  RUN/checkpoints/<step>/; outputs under RUN/ (a loose one: under itself)
+    export folder      ``madkit export`` output (EMA weights only); outputs under the folder itself
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import torch
+
+from madkit.engine.checkpoints import export_format as export
+from madkit.engine.checkpoints import loading
+from madkit.engine.checkpoints.layout import CHECKPOINTS
+from madkit.engine.checkpoints.saving import load_unwrapped
+
+
+@attrs.frozen
+class WeightsSource:
+    """Weights to sample from, and how outputs about them are filed."""
+
+    path: Path  # the checkpoint folder or the export folder
+    kind: str  # "checkpoint" | "export"
+    step: int  # the training step the weights are from (0 when unknown)
+    home: Path  # where samples/ and eval/ go
+    label: str  # names output folders: the checkpoint folder's name, or "export"
+
+
+def resolve_weights(path: str | Path) -> WeightsSource:
+    """The weights ``path`` names: an export folder, a checkpoint folder or a run folder's latest checkpoint."""
+    path = Path(path)
+    if export.is_export(path):
+        return WeightsSource(path, "export", export.read_export(path).step, path, "export")
+    ckpt = loading.resolve_checkpoint(path)
+    home = ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else ckpt
+    return WeightsSource(ckpt, "checkpoint", int(ckpt.name) if ckpt.name.isdigit() else 0, home, ckpt.name)
+
+
+def load_for_inference(
+    source: str | Path | WeightsSource, registry, use_ema: bool = True, device: torch.device | str = "cpu"
+):
+    """Rebuild the experiment from the spec stored with the weights and load them.
+
+    Returns ``(experiment, model)``; ``model`` (eval mode, on ``device``) is ``experiment.model``.
+    ``source`` is a run, checkpoint or export folder, or what ``resolve_weights`` made of one.
+    """
+    from madkit.build import build_experiment
+    from madkit.experiment_spec import structure_spec
+
+    src = source if isinstance(source, WeightsSource) else resolve_weights(source)
+    raw_spec, shapes_file = stored_spec(src, use_ema)
+    spec = structure_spec(raw_spec, registry)
+    experiment = build_experiment(spec, registry, device=str(device))
+    model = experiment.model
+    loading.check_compatible(shapes_file, model, raw_spec, f"the spec stored in {src.path}", raw_spec)
+    load_unwrapped(model, read_weights(src, use_ema, device))
+    model.eval()
+    return experiment, model
+
+
+def stored_spec(src: WeightsSource, use_ema: bool = True) -> tuple[dict, Path]:
+    """(the resolved spec stored with the weights, what ``loading.check_compatible`` reads shapes from)."""
+    if src.kind == "export":
+        if not use_ema:
+            raise loading.CheckpointError(f"{src.path} is an export and holds only the EMA weights; drop --raw")
+        manifest = export.read_export(src.path)
+        return manifest.spec, manifest.weights_file
+    return loading.stored_spec(src.path), src.path
+
+
+def read_weights(src: WeightsSource, use_ema: bool = True, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    if src.kind == "export":
+        return export.load_export_weights(src.path, device)
+    return loading.load_weights(src.path, use_ema, device)

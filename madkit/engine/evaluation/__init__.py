@@ -1,0 +1,11 @@
+"""Measuring trained models.
+
+    evaluate.py   image sets, feature extraction, reference statistics, metrics
+    points.py     one point: a checkpoint x sampler x step count -> RUN/eval/<name>.json (madkit eval)
+    records.py    the RUN/eval/ files and their readers
+    ranks.py      one point's images shared across torchrun ranks
+    sweep.py      runs x step counts or a FLOPs budget -> sweep.csv, sweep.png (madkit sweep)
+    protocol.py   the paper's protocol: the last K checkpoints, mean and spread
+    spread.py     standard deviations, their display, significance of differences
+    report.py     a run's HTML report (madkit report)
+"""

@@ -1,0 +1,117 @@
+"""Generating images: per-image randomness, batching, sharding and decoding.
+
+Image i's noise comes from its own generator seeded from (seed, i), so a set of images does not depend
+on the batch size or on how indices are split across processes (``shard=(i, k)`` takes every k-th
+index starting at i). Labels of class-conditional models cycle through the classes (i mod classes)
+unless given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from madkit import rng
+from madkit.errors import ConfigError
+from madkit.interfaces import Codec, GenerativeModel, Sampler
+
+
+def shard_indices(num: int, shard: tuple[int, int] = (0, 1)) -> list[int]:
+    i, k = shard
+    if not (k >= 1 and 0 <= i < k):
+        raise ConfigError(f"shard {i}/{k} is invalid: need 0 <= i < k")
+    return list(range(i, num, k))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/k' -> (i, k)."""
+    try:
+        i, k = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/k such as 0/4") from None
+    shard_indices(0, (i, k))
+    return i, k
+
+
+class GuidanceError(ValueError):
+    """Classifier-free guidance was asked of a model that has no classes."""
+
+
+UNCONDITIONAL = "this model does not use class labels (it was not trained class-conditional)"
+
+
+def check_guidance(guidance: float | None, conditional: bool) -> None:
+    """Refuse a guidance scale other than 1 for a model that ignores labels: it would silently do nothing."""
+    if guidance is not None and guidance != 1.0 and not conditional:
+        raise GuidanceError(
+            f"guidance {guidance:g} needs a class-conditional model, but {UNCONDITIONAL}; leave guidance at 1 (off)"
+        )
+
+
+def check_labels(labels, num: int | None, num_classes: int, conditional: bool) -> torch.Tensor | None:
+    """``labels`` (a sequence or tensor of class indices, or None) as a long tensor, checked against
+    the model's classes and the image count."""
+    if labels is None:
+        return None
+    if not conditional or not num_classes:
+        raise ValueError(f"labels were given, but {UNCONDITIONAL}")
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if num is not None and len(labels) != num:
+        raise ValueError(f"{len(labels)} labels for {num} images; give one label per image")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ValueError(f"label {int(bad[0])} is out of range: this model has classes 0..{num_classes - 1}")
+    return labels
+
+
+def default_labels(indices: Sequence[int], num_classes: int) -> torch.Tensor | None:
+    return torch.tensor([i % num_classes for i in indices]) if num_classes else None
+
+
+@torch.no_grad()
+def generate_latents(
+    model: GenerativeModel,
+    sampler: Sampler,
+    indices: Sequence[int],
+    seed: int,
+    num_classes: int = 0,
+    batch: int = 16,
+    steps: int | None = None,
+    guidance: float | None = None,
+    use_cache: bool = True,
+    labels: torch.Tensor | None = None,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    progress: bool = False,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (indices, latents [len, c, h, w]) batch by batch."""
+    check_guidance(guidance, model.class_conditional)
+    device = next(model.parameters()).device
+    labels = default_labels(indices, num_classes) if labels is None else labels
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(indices), batch), disable=None if progress else True, desc="generate"):
+            idx = list(indices[start : start + batch])
+            generators = [rng.generator(seed, "sample", i, device=device) for i in idx]
+            lab = labels[start : start + batch].to(device) if labels is not None else None
+            with autocast():
+                latents = model.generate(sampler, generators, labels=lab, steps=steps, guidance=guidance, use_cache=use_cache)
+            yield idx, latents.float()
+    finally:
+        model.train(was_training)
+
+
+def generate_images(
+    model: GenerativeModel, sampler: Sampler, codec: Codec, indices: Sequence[int], seed: int, **kwargs
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (indices, images [len, 3, H, W] in [-1, 1] on the CPU) batch by batch."""
+    for idx, latents in generate_latents(model, sampler, indices, seed, **kwargs):
+        yield idx, codec.decode(latents).float().clamp(-1, 1).cpu()
+
+
+def to_uint8_hwc(image: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] in [-1, 1] -> uint8 [H, W, 3]."""
+    return ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).contiguous()
