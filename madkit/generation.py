@@ -95,11 +95,17 @@ def generate_latents(
     try:
         for start in tqdm(range(0, len(indices), batch), disable=None if progress else True, desc="generate"):
             idx = list(indices[start : start + batch])
-            generators = [rng.generator(seed, "sample", i, device=device) for i in idx]
+            # A chunk of one image runs as a pair of copies: on the CPU a one-row matmul takes BLAS's
+            # matrix-vector path, which rounds differently from the matrix-matrix path every larger
+            # chunk takes, and image i must not depend on the batch size or the shard it falls in.
+            run = idx * 2 if len(idx) == 1 else idx
+            generators = [rng.generator(seed, "sample", i, device=device) for i in run]
             lab = labels[start : start + batch].to(device) if labels is not None else None
+            if lab is not None and len(run) > len(idx):
+                lab = lab.repeat(len(run))
             with autocast():
                 latents = model.generate(sampler, generators, labels=lab, steps=steps, guidance=guidance, use_cache=use_cache)
-            yield idx, latents.float()
+            yield idx, latents[: len(idx)].float()
     finally:
         model.train(was_training)
 
