@@ -11,6 +11,7 @@ Everything here is a thin layer over the engine; the command line calls the same
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,10 @@ import torch
 from madkit.build import Experiment, build_experiment
 from madkit.engine import checkpoints
 from madkit.engine.checkpoints import export_format
-from madkit.engine.checkpoints.weights import WeightsSource, load_for_inference, resolve_weights
+from madkit.engine.checkpoints.weights import (
+    WeightsSource,
+    load_newest_for_inference,
+)
 from madkit.engine.distributed import resolve_device
 from madkit.engine.packaging import export
 from madkit.engine.packaging.hub import push_folder, resolve_pretrained
@@ -94,11 +98,15 @@ class Pipeline:
         (``save_pretrained``, ``madkit export``) or a Hugging Face hub id (``owner/name``, optionally
         ``@revision``; fetched into the hub cache, or read from it when ``HF_HUB_OFFLINE=1``).
         ``weights`` is ``"ema"`` (what training samples from) or ``"raw"`` (checkpoints only)."""
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(f"source must be a folder path or a hub id (str or Path), got {type(source).__name__}")
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
         registry = registry or Registry.load()
-        src = resolve_weights(resolve_pretrained(source, revision=revision, cache_dir=cache_dir))
-        experiment_, model = load_for_inference(src, registry, use_ema=weights == "ema", device=resolve_device(device))
+        local = resolve_pretrained(source, revision=revision, cache_dir=cache_dir)
+        src, experiment_, model = load_newest_for_inference(
+            local, registry, use_ema=weights == "ema", device=resolve_device(device)
+        )
         return cls(experiment_, model, src, weights)
 
     @property

@@ -81,6 +81,10 @@ class Experiment:
 
         from madkit.generation import check_labels, generate_images
 
+        _check_int("num", num, positive=True, optional=True)
+        _check_int("batch", batch, positive=True)
+        _check_int("seed", seed)
+        _check_int("steps", steps, positive=True, optional=True)
         model = model or self.model
         device = next(model.parameters()).device
         labels = check_labels(labels, num, self.num_classes, model.class_conditional)
@@ -97,6 +101,18 @@ class Experiment:
             )
         ]
         return torch.cat(chunks)
+
+
+def _check_int(name: str, value: Any, positive: bool = False, optional: bool = False) -> None:
+    """Python misuse of ``generate`` as Python errors (TypeError, ValueError) naming the argument,
+    before it reaches torch as an unrelated message (``range() arg 3 must not be zero``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        wanted = "an int or None" if optional else "an int"
+        raise TypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r:.40}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
 
 
 def build_experiment(spec: ExperimentSpec, registry: Registry, device: str = "cpu", meta: bool = False) -> Experiment:

@@ -7,18 +7,27 @@ Polymorphic tables name their plugin with ``kind``; the rest of each table is th
 
 from __future__ import annotations
 
+import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-import tomllib
 
 from madkit.interfaces import SpecProblem
 from madkit.registry import Registry
-from madkit.spec import Problems, SpecError, StructureProblem, iter_configs, make_converter, slot, structure
+from madkit.spec import (
+    Problems,
+    SpecError,
+    StructureProblem,
+    iter_configs,
+    make_converter,
+    slot,
+    structure,
+)
 from madkit.spec_loading import DICT_SOURCE, Provenance, SpecLoadError, load_raw
-from madkit.validators import non_negative, positive, unit_interval
+from madkit.validators import folder_name, non_negative, positive, unit_interval
 
 DEFAULTS: dict[str, Any] = {
     "codec": {"kind": "identity"},
@@ -39,6 +48,12 @@ class HealthConfig:
     window: int = attrs.field(default=20, validator=positive)  # steps per running median
 
 
+def _device(_inst: Any, _attribute: attrs.Attribute, value: str) -> None:
+    """``train.device``: checked here so ``validate`` refuses what ``run`` would (torch knows other types)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
 @attrs.frozen
 class TrainConfig:
     """Optimisation, precision, checkpointing. ``batch`` is global, split into ``micro_batch`` chunks."""
@@ -57,7 +72,7 @@ class TrainConfig:
     # steps over which the EMA horizon 1/(1-decay) grows linearly to full (0 = full decay from step 1)
     ema_warmup: int = attrs.field(default=0, validator=non_negative)
     precision: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "fp32", "bf16", "fp16")))
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = attrs.field(default="auto", validator=_device)
     # CPU threads of torch's intra-op pool; 0 = auto (OMP_NUM_THREADS if set, else the idle cores, <= 8)
     threads: int = attrs.field(default=0, validator=non_negative)
     compile: bool = False
@@ -113,7 +128,7 @@ class ExperimentSpec:
     codec: slot("codec")  # type: ignore[valid-type]
     schedule: slot("schedule")  # type: ignore[valid-type]
     sampler: slot("sampler")  # type: ignore[valid-type]
-    name: str = "experiment"
+    name: str = attrs.field(default="experiment", validator=folder_name)
     seed: int = 0
     train: TrainConfig = attrs.Factory(TrainConfig)
     log: LogConfig = attrs.Factory(LogConfig)
@@ -200,6 +215,7 @@ def load_spec(
     except Problems as exc:
         # Keep going: the cross-field checks of the parts that did structure belong in the same report.
         spec, problems = _structure_parts(conv, raw), list(exc.problems)
+        problems += _unchecked_top_level_values(raw, {p.path for p in problems})
     problems += _run_checks(spec, registry, partial=bool(problems), check_resources=check_resources)
     if problems:
         raise SpecError(_render(problems, provenance))
@@ -220,7 +236,22 @@ def _structure_parts(conv, raw: dict[str, Any]) -> ExperimentSpec:
                 parts[field.name] = None  # already reported by the full structuring pass
         elif field.default is attrs.NOTHING:
             parts[field.name] = None
-    return ExperimentSpec(**parts)
+    with attrs.validators.disabled():  # a value that fails its validator is already in the report
+        return ExperimentSpec(**parts)
+
+
+def _unchecked_top_level_values(raw: dict[str, Any], reported: set[str]) -> list[StructureProblem]:
+    """Validators of top-level values (``name``) run in ExperimentSpec's constructor, which a problem
+    elsewhere stops before it runs them: run them here so one report holds every problem."""
+    problems = []
+    for field in attrs.fields(ExperimentSpec):
+        if field.validator is None or field.name not in raw or field.name in reported:
+            continue
+        try:
+            field.validator(None, field, raw[field.name])
+        except (TypeError, ValueError) as exc:
+            problems.append(StructureProblem(field.name, str(exc)))
+    return problems
 
 
 def _run_checks(

@@ -224,3 +224,20 @@ def test_running_a_finished_run_again_changes_nothing(tmp_path, registry):
     again = train(fakes.load(spec, registry), registry, tmp_path / "run")
     assert (again.step, again.checkpoint, again.samples) == (2, first.checkpoint, first.samples)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "checkpoints").rglob("*")} == before
+
+
+def test_pruning_keeps_a_checkpoint_a_reader_holds_until_the_reader_lets_go(tmp_path):
+    from madkit.engine.checkpoints.read_lease import FolderMoved, read_lease
+
+    for step in (1, 2):
+        ckpt.save_checkpoint(tmp_path, step, *tiny_state(step), keep=1)
+    held = tmp_path / "checkpoints" / "00000002"
+    with read_lease(held):
+        ckpt.save_checkpoint(tmp_path, 3, *tiny_state(3), keep=1)  # would prune step 2: it is being read
+        assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3]
+        assert ckpt.load_state(held)["step"] == 2
+    ckpt.save_checkpoint(tmp_path, 4, *tiny_state(4), keep=1)  # released: pruned with the rest
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [4]
+    with pytest.raises(FolderMoved):  # a reader that chose step 2 before it went chooses again
+        with read_lease(held):
+            pass

@@ -169,12 +169,12 @@ def parse_checkpoint_steps(text: str) -> list[int]:
 
 def run(args) -> int:
     from madkit.engine import distributed
-    from madkit.engine.evaluation.ranks import evaluate_point
-    from madkit.generation import GuidanceError, parse_shard
-    from madkit.engine.training.reporting import log_eval_record
-    from madkit.engine.evaluation.protocol import evaluate_checkpoints, select_checkpoints
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.engine.evaluation.points import Evaluator, load_run, sample_size_note
+    from madkit.engine.evaluation.protocol import evaluate_checkpoints, select_checkpoints
+    from madkit.engine.evaluation.ranks import evaluate_point
+    from madkit.engine.training.reporting import log_eval_record
+    from madkit.generation import GuidanceError, parse_shard
     from madkit.registry import Registry
 
     request = build_request(args)

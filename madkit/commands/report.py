@@ -14,8 +14,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from madkit.engine.evaluation.report import build_report
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
+    from madkit.engine.evaluation.report import build_report
 
     target = args.out or Path(args.run_dir) / "report.html"
     with writing_into(run_folder_of(args.run_dir), "madkit report", target):  # never beside a training run

@@ -20,13 +20,15 @@ def add_parser(sub) -> None:
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--shard", default="0/1", help="i/k: generate every k-th image starting at i (multi-process)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out already holds images made with other weights or settings: remove them first")
 
 
 def run(args) -> int:
     from madkit.commands import UsageError
+    from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.engine.distributed import resolve_device
     from madkit.generation import parse_shard
-    from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.registry import Registry
 
     if args.num <= 0 or args.batch <= 0 or (args.steps is not None and args.steps <= 0):
@@ -41,16 +43,16 @@ def run(args) -> int:
 
 def _sample(args, registry, device, shard) -> int:
     import torch
-    from PIL import Image
 
     from madkit.commands import UsageError
-    from madkit.generation import GuidanceError, check_guidance, generate_images, shard_indices, to_uint8_hwc
-    from madkit.engine.checkpoints.weights import load_for_inference, resolve_weights
+    from madkit.engine.checkpoints.output_folder import claim_output_folder
+    from madkit.engine.checkpoints.weights import load_newest_for_inference
     from madkit.engine.training.sample_grids import save_grid
+    from madkit.generation import GuidanceError, check_guidance, generate_images, shard_indices, to_uint8_hwc
     from madkit.registry import UnknownKindError
 
-    source = resolve_weights(args.checkpoint)
-    experiment, model = load_for_inference(source, registry, use_ema=not args.raw, device=device)
+    use_ema = not args.raw
+    source, experiment, model = load_newest_for_inference(args.checkpoint, registry, use_ema=use_ema, device=device)
     # another algorithm keeps the spec's step count and guidance unless the flags say otherwise
     try:
         sampler, kind = experiment.make_sampler(args.sampler)
@@ -65,7 +67,11 @@ def _sample(args, registry, device, shard) -> int:
     # everything that changes the pixels is in the folder name, so runs with other settings never overwrite
     name = f"{source.label}-{kind}-{steps}-g{guidance:g}-{'raw' if args.raw else 'ema'}-s{args.seed}"
     out = Path(args.out) if args.out else source.home / "samples" / name
-    out.mkdir(parents=True, exist_ok=True)
+    made_by = {
+        "weights": str(source.path.resolve()), "step": source.step, "ema": not args.raw, "sampler": kind,
+        "steps": steps, "guidance": guidance, "seed": args.seed, "cached": not args.no_cache,
+    }
+    claim_output_folder(out, made_by, overwrite=args.overwrite)
     codec = experiment.codec.to(device)
     indices = shard_indices(args.num, shard)
     written = []
@@ -75,10 +81,38 @@ def _sample(args, registry, device, shard) -> int:
     ):
         for i, image in zip(idx, images):
             path = out / f"{i:06d}.png"
-            Image.fromarray(to_uint8_hwc(image).numpy()).save(path)
+            _write_png(path, to_uint8_hwc(image).numpy(), len(written))
             written.append((path, image))
     if args.grid and written:
         grid = "grid.png" if shard == (0, 1) else f"grid-{shard[0]}of{shard[1]}.png"
-        save_grid(torch.stack([img for _, img in written]), out / grid)
+        try:
+            save_grid(torch.stack([img for _, img in written]), out / grid)
+        except OSError as exc:
+            _raise_if_full(exc, out / grid, len(written))
+            raise
     print(f"wrote {len(written)} images ({'EMA' if not args.raw else 'raw'} weights, {kind}, {steps} steps) to {out}")
     return 0
+
+
+def _write_png(path: Path, pixels, done: int) -> None:
+    """One image, whole or not at all; a full disk is a one-line error (exit 2)."""
+    from PIL import Image
+
+    from madkit.atomic_files import writing_atomically
+
+    try:
+        with writing_atomically(path) as tmp:
+            Image.fromarray(pixels).save(tmp, format="png")
+    except OSError as exc:
+        _raise_if_full(exc, path, done)
+        raise
+
+
+def _raise_if_full(exc: OSError, path: Path, done: int) -> None:
+    from madkit.engine.checkpoints.disk_space import DiskFullError, is_disk_full
+
+    if is_disk_full(exc, path.parent):
+        raise DiskFullError(
+            f"disk full: could not write {path}; the {done} image(s) before it are complete and no partial file "
+            "was left; free some space and run the same command again (it writes the same images)"
+        ) from None

@@ -54,12 +54,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from madkit.engine.distributed import resolve_device
-    from madkit.generation import GuidanceError
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
-    from madkit.engine.evaluation.spread import with_spread
+    from madkit.engine.distributed import resolve_device
     from madkit.engine.evaluation.points import Evaluator, sample_size_note
+    from madkit.engine.evaluation.spread import with_spread
     from madkit.engine.evaluation.sweep import plot_sweep, run_sweep, write_csv
+    from madkit.generation import GuidanceError
     from madkit.registry import Registry
 
     steps = parse_steps(args.steps)

@@ -19,7 +19,6 @@ import difflib
 import hashlib
 import json
 import logging
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,6 +29,7 @@ import torch
 from PIL import Image, ImageColor, ImageDraw, ImageFont, features
 from torch.utils.data import Dataset
 
+from madkit.atomic_files import writing_atomically
 from madkit.cache import cache_root
 from madkit.errors import missing_package, require_package
 from madkit.interfaces import SpecProblem
@@ -199,11 +199,8 @@ def render_all(renderer: Renderer, sequences: list[tuple[int, ...]], key: str, c
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with writing_atomically(path) as tmp, open(tmp, "wb") as f:
             np.save(f, array)
-        os.replace(tmp, path)
     except OSError as exc:  # a read-only cache folder must not stop training
         logger.warning("could not write the openmoji cache %s: %s", path, exc)
 

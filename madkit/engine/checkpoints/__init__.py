@@ -23,6 +23,18 @@ from madkit.engine.checkpoints.layout import (  # noqa: F401
     step_dir_name,
     unwrapped_name,
 )
+from madkit.engine.checkpoints.loading import (  # noqa: F401
+    all_spec_differences,
+    check_compatible,
+    load_state,
+    load_weights,
+    reading_newest,
+    resolve_checkpoint,
+    spec_differences,
+    stored_shapes,
+    stored_spec,
+    stored_state_value,
+)
 from madkit.engine.checkpoints.saving import (  # noqa: F401
     checkpoint_folder,
     commit_folder,
@@ -38,14 +50,3 @@ from madkit.engine.checkpoints.saving import (  # noqa: F401
     writing_into,
 )
 from madkit.engine.checkpoints.verify import CorruptCheckpointError, choose_checkpoint, newest_verified  # noqa: F401
-from madkit.engine.checkpoints.loading import (  # noqa: F401
-    all_spec_differences,
-    check_compatible,
-    load_state,
-    load_weights,
-    resolve_checkpoint,
-    spec_differences,
-    stored_shapes,
-    stored_spec,
-    stored_state_value,
-)

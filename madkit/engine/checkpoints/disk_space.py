@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from madkit.errors import UserError
+
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # the words torch's zip writer and safetensors use when the underlying write came up short
 _SHORT_WRITE = ("file write failed", "enforce fail", "No space left", "os error 28", "unexpected pos")
@@ -23,6 +25,10 @@ _SHORT_WRITE = ("file write failed", "enforce fail", "No space left", "os error 
 
 class SaveFailedError(RuntimeError):
     """A save did not happen (no space, or the write failed); nothing half-written was kept."""
+
+
+class DiskFullError(UserError):
+    """An output file could not be written for lack of space (exit 2, one line); no partial file was kept."""
 
 
 def tensor_bytes(obj: Any) -> int:

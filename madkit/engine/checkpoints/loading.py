@@ -3,8 +3,9 @@ shapes, and whether they fit a model built from the current spec."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -19,12 +20,16 @@ from madkit.engine.checkpoints.layout import (
     CheckpointError,
     IncompatibleCheckpointError,
     is_sharded,
+    latest_checkpoint,
 )
+from madkit.engine.checkpoints.read_lease import FolderMoved, read_lease
 from madkit.engine.checkpoints.saving import unwrapped_state_dict
 from madkit.engine.checkpoints.verify import choose_checkpoint
 from madkit.spec_loading import flatten
 
 _SHAPE_INSENSITIVE = ("train", "log", "name", "seed")  # spec sections that cannot change tensor shapes
+LIVE_READ_ATTEMPTS = 10
+T = TypeVar("T")
 
 
 def resolve_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
@@ -130,3 +135,33 @@ def all_spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def reading_newest(path: str | Path, resolve: Callable[[Path], Any], read: Callable[[Any], T]) -> T:
+    """``read(resolve(path))`` under a read lease (read_lease.py), where ``path`` may be a live run.
+
+    A run prunes its older checkpoints as it saves. Once leased, the checkpoint ``resolve`` chose stays
+    until ``read`` returns; when it was pruned between the choice and the lease, or the run moved on
+    while ``resolve`` was checking it, the choice is made again. ``resolve`` returns a checkpoint
+    folder or anything with a ``path`` attribute naming one (an export needs no lease)."""
+    path = Path(path)
+    for attempt in range(LIVE_READ_ATTEMPTS):
+        last = attempt == LIVE_READ_ATTEMPTS - 1
+        newest = latest_checkpoint(path)
+        try:
+            chosen = resolve(path)
+        except Exception:
+            if last or latest_checkpoint(path) == newest:
+                raise
+            continue  # the run saved (and pruned) while the choice was being checked
+        folder = Path(getattr(chosen, "path", chosen))
+        try:
+            with read_lease(folder):
+                return read(chosen)
+        except FolderMoved:
+            if last:
+                raise CheckpointError(
+                    f"{path}: its newest checkpoint was pruned {LIVE_READ_ATTEMPTS} times before it could be "
+                    "read; the run saves faster than this machine reads; name one checkpoint folder instead"
+                ) from None
+    raise AssertionError("unreachable")

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 import madkit
+from madkit.atomic_files import atomic_write
 
 
 class RunDir:
@@ -123,9 +124,7 @@ def source_commit() -> dict[str, Any] | None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
 
 
 class MetricsFile:

@@ -32,6 +32,7 @@ from madkit.engine.checkpoints.layout import (
     step_dir_name,
     unwrapped_name,
 )
+from madkit.engine.checkpoints.read_lease import unless_leased
 
 
 def unwrapped_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -169,12 +170,16 @@ def _remove(folder: Path) -> None:
 
 def prune(run_dir: str | Path, keep: int, protect: Path | None = None) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints, never ``protect`` (the newest
-    checkpoint that passed the health check); returns what was deleted."""
+    checkpoint that passed the health check) nor one a reader holds a lease on; returns what was deleted."""
     found = list_checkpoints(run_dir)
     doomed = [p for _, p in found[: max(0, len(found) - keep)] if protect is None or p != Path(protect)]
+    removed = []
     for folder in doomed:
-        _remove(folder)
-    return doomed
+        with unless_leased(folder) as free:
+            if free:  # a folder a reader holds (sample, eval, export) goes at the next prune
+                _remove(folder)
+                removed.append(folder)
+    return removed
 
 
 def sweep_temp_folders(run_dir: str | Path) -> None:

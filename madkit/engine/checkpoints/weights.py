@@ -12,6 +12,7 @@ rebuilds the experiment from the spec stored with the weights and loads them. ``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -63,6 +64,17 @@ def load_for_inference(
     load_unwrapped(model, read_weights(src, use_ema, device))
     model.eval()
     return experiment, model
+
+
+def load_newest_for_inference(
+    path: str | Path, registry, use_ema: bool = True, device: torch.device | str = "cpu"
+) -> tuple[WeightsSource, Any, torch.nn.Module]:
+    """``load_for_inference`` of what ``path`` names, safe on a live run: when training prunes the
+    checkpoint being read, the newer one is read instead. Returns ``(source, experiment, model)``."""
+    def load(src: WeightsSource):
+        return (src, *load_for_inference(src, registry, use_ema=use_ema, device=device))
+
+    return loading.reading_newest(path, resolve_weights, load)
 
 
 def stored_spec(src: WeightsSource, use_ema: bool = True) -> tuple[dict, Path]:

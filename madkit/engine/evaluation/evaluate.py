@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from madkit.atomic_files import writing_atomically
 from madkit.errors import ConfigError
 from madkit.image_depth import to_8bit
 from madkit.interfaces import DataSource, FeatureExtractor, FeatureSet, Metric
@@ -181,11 +181,8 @@ def save_reference(path: str | Path, features: FeatureSet, keep_features: bool =
     if keep_features:
         arrays.update({f"features_{role}": values.numpy() for role, values in features.features.items()})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+    with writing_atomically(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz"
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def load_reference(path: str | Path) -> FeatureSet:

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import pickle
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,9 @@ import attrs
 import torch
 
 import madkit
+from madkit.atomic_files import atomic_write
 from madkit.build import build_experiment
+from madkit.engine.checkpoints.read_lease import FolderMoved, read_lease
 from madkit.engine.checkpoints.weights import WeightsSource, load_for_inference, resolve_weights, stored_spec
 from madkit.engine.evaluation.evaluate import (
     extract,
@@ -34,14 +35,14 @@ from madkit.engine.evaluation.evaluate import (
     to_uint8,
     with_proxy_data,
 )
-from madkit.engine.evaluation.records import COST_KEYS, EVAL_DIR, atomic_write
-from madkit.errors import ConfigError
+from madkit.engine.evaluation.records import COST_KEYS, EVAL_DIR
+from madkit.errors import ConfigError, UserError
 from madkit.experiment_spec import structure_spec
 from madkit.generation import check_guidance, generate_images, shard_indices
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
 from madkit.registry import Registry
+from madkit.validators import folder_name_problem
 
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Below this many images FID's upward bias (it shrinks like 1/N) and its noise dominate differences
 # between models; 2,048 is also the Inception feature width, below which the covariance is singular.
 RELIABLE_NUM = 2048
@@ -107,7 +108,16 @@ class LoadedRun:
 
     def _load(self) -> tuple[Any, GenerativeModel]:
         if self._loaded is None:
-            self._loaded = load_for_inference(self.source, self.registry, use_ema=self.use_ema, device=self.device)
+            try:
+                with read_lease(self.source.path):  # a live run does not prune it while it loads
+                    self._loaded = load_for_inference(
+                        self.source, self.registry, use_ema=self.use_ema, device=self.device
+                    )
+            except FolderMoved:
+                raise UserError(
+                    f"{self.source.path} was pruned by its live training run before it could be read; "
+                    "run the same command again to evaluate the newest checkpoint"
+                ) from None
         return self._loaded
 
     @property
@@ -236,8 +246,8 @@ class Evaluator:
             raise ConfigError(f"steps must be positive, got {steps}")
         table = self.extractor_table(run)
         name = name or point_name(run, req, sampler_kind, steps, str(table.get("kind")))
-        if not _NAME_OK.match(name):
-            raise ConfigError(f"eval name {name!r}: use letters, digits, '.', '_' and '-' only")
+        if (problem := folder_name_problem(name)) is not None:
+            raise ConfigError(f"eval --name: {problem}")
         settings = {
             "checkpoint": str(run.checkpoint.resolve()), "step": run.step, "weights": run.weights,
             "sampler": sampler_kind, "steps": steps, "guidance": req.guidance, "seed": req.seed,

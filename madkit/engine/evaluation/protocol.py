@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import madkit
+from madkit.atomic_files import atomic_write
 from madkit.engine.checkpoints import list_checkpoints, step_dir_name
 from madkit.engine.distributed import DistEnv
 from madkit.engine.evaluation.points import Evaluator, LoadedRun, load_run
 from madkit.engine.evaluation.ranks import evaluate_point
-from madkit.engine.evaluation.records import EVAL_DIR, atomic_write
+from madkit.engine.evaluation.records import EVAL_DIR
 from madkit.engine.evaluation.spread import SUMMARY_KIND, is_spread, spread_key, summarize
 from madkit.errors import ConfigError
 

@@ -13,7 +13,6 @@ which checks every field they use and names a damaged file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,6 @@ from madkit.errors import UserError
 
 EVAL_DIR = "eval"
 COST_KEYS = ("nfe", "layer_passes", "sample_flops_per_image")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def read_eval_jsons(folder: str | Path) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from madkit.atomic_files import atomic_write
 from madkit.engine.checkpoints.run_folder import RunDir, read_metrics
 from madkit.engine.evaluation.spread import SUMMARY_KIND, format_number, is_spread, with_spread
 from madkit.errors import UserError
@@ -307,8 +308,5 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(name)}: madkit report</title>'
         f"<style>{_STYLE}</style></head><body><h1>{_e(name)}</h1>\n" + "\n".join(page.parts) + "\n</body></html>\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(document, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write(out, document.encode("utf-8"))
     return out

@@ -14,8 +14,9 @@ from typing import Any
 import attrs
 import torch
 
+from madkit.atomic_files import atomic_write
 from madkit.engine.evaluation.points import Evaluator, load_run
-from madkit.engine.evaluation.records import COST_KEYS, EVAL_DIR, atomic_write
+from madkit.engine.evaluation.records import COST_KEYS, EVAL_DIR
 from madkit.engine.evaluation.spread import spread_key
 from madkit.errors import ConfigError
 

@@ -82,7 +82,13 @@ def export_checkpoint(run_or_ckpt: str | Path, out: str | Path, registry) -> Pat
     """``madkit export``: the EMA weights of a run folder's latest checkpoint (or of a checkpoint
     folder) with their spec, provenance and a model card, written to ``out``."""
     check_destination(out)
-    ckpt = checkpoints.resolve_checkpoint(run_or_ckpt)
+    # a live run may prune the checkpoint while it is read: then the newer one is exported
+    return checkpoints.reading_newest(
+        run_or_ckpt, checkpoints.resolve_checkpoint, lambda ckpt: _export_folder(ckpt, out, registry)
+    )
+
+
+def _export_folder(ckpt: Path, out: str | Path, registry) -> Path:
     state = checkpoints.load_state(ckpt)
     if "spec" not in state:
         raise checkpoints.CheckpointError(f"{ckpt / checkpoints.STATE_FILE} holds no resolved spec")

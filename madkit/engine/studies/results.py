@@ -24,7 +24,8 @@ from typing import Any
 import attrs
 
 import madkit
-from madkit.engine.evaluation.records import COST_KEYS, atomic_write
+from madkit.atomic_files import atomic_write
+from madkit.engine.evaluation.records import COST_KEYS
 from madkit.engine.evaluation.spread import difference_threshold, format_number, summarize
 from madkit.engine.evaluation.sweep import plot_sweep, write_csv
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from madkit.atomic_files import writing_atomically
 from madkit.generation import generate_images
 from madkit.interfaces import Codec, GenerativeModel, Sampler
 
@@ -52,10 +52,8 @@ def save_grid(images: torch.Tensor, path: Path) -> torch.Tensor:
     grid = make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
     scale = max(1, math.ceil(MIN_IMAGE_SIDE / max(images.shape[-2:])))
     grid = grid.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # written aside and renamed: a kill mid-write never leaves a torn grid under the final name
     # (a resumed run redraws a missing grid, but would trust a torn one)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_image(grid, tmp, format="png")
-    os.replace(tmp, path)
+    with writing_atomically(path) as tmp:
+        save_image(grid, tmp, format="png")
     return (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()

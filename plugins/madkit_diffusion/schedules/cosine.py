@@ -20,7 +20,6 @@ from madkit_diffusion.schedules.discrete import (
     validate_prediction,
 )
 
-
 _offset = within(0, 1, open_high=True)
 _max_beta = within(0, 1, open_low=True, open_high=True)
 

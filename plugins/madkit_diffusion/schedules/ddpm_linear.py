@@ -19,7 +19,6 @@ from madkit_diffusion.schedules.discrete import (
     validate_prediction,
 )
 
-
 _beta = within(0, 1, open_low=True, open_high=True)
 
 

@@ -10,7 +10,6 @@ GroupNorm rather than BatchNorm so an image's features never depend on what else
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
+from madkit.atomic_files import writing_atomically
 from madkit_metrics.extractors.fidelity import FidelityExtractor
 
 CHECKPOINT_FORMAT = "madkit-proxy-extractor"
@@ -76,9 +76,8 @@ def save_checkpoint(path: Path, net: ProxyNet, arch: dict[str, int], meta: dict[
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "meta": dict(meta),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with writing_atomically(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
