@@ -148,10 +148,28 @@ def test_every_study_design_plans_all_its_runs(design, registry):
     from madkit.engine.studies.runner import plan_study
 
     study = plan_study(design.parent, "unused", registry)
-    assert len(study.runs) == len(study.settings) * len(study.config.seeds) >= 9  # >= 3 settings x 3 seeds
-    depths = {run.loaded.spec.model.diffusion_depth for run in study.runs}
-    assert len(depths) == len(study.settings)  # one diffusion depth per setting, of one N
+    assert len(study.runs) == len(study.settings) * len(study.config.seeds)
+    assert len(study.settings) >= 2 and len(study.config.seeds) >= 3  # a comparison, with a spread over seeds
+    # every setting differs from the others in something besides its name and seed, all at one N
+    shapes = {json.dumps({k: v for k, v in run.loaded.raw.items() if k not in ("name", "seed")}, sort_keys=True)
+              for run in study.runs}
+    assert len(shapes) == len(study.settings)
     assert len({run.loaded.spec.model.depth for run in study.runs}) == 1
+    if design.parent.name in ("toy_study", "gpu_study"):  # the depth studies: one diffusion depth per setting
+        assert len({run.loaded.spec.model.diffusion_depth for run in study.runs}) == len(study.settings)
+
+
+@pytest.mark.parametrize(("studies", "baseline"), [("toy_studies", "toy_study/d2.toml"),
+                                                    ("gpu_studies", "gpu_study/d4.toml")])
+def test_the_ablation_studies_share_one_baseline(studies, baseline, registry):
+    """Every study folder's baseline resolves to the depth study's run, so `--out` shared between the
+    studies trains it once (the study runner refuses a run folder holding another spec)."""
+    from madkit.experiment_spec import load_spec
+
+    reference = load_spec(EXPERIMENTS / baseline, [], registry).raw
+    copies = sorted((EXPERIMENTS / studies).glob(f"*/{Path(baseline).name}"))
+    assert len(copies) >= 4
+    assert all(load_spec(path, [], registry).raw == reference for path in copies)
 
 
 @pytest.mark.slow

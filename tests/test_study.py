@@ -145,3 +145,28 @@ def test_a_setting_that_cannot_afford_a_budget_is_left_out_of_it():
     (only,) = verdict(rows, [{"flops": 1e7, "steps": 1, "setting": "ar"}], {"ar": [1], "diff": [None]}, ["ar", "diff"])
     assert only["winner"] == "ar" and "margin" not in only
     assert [e.get("fid") for e in only["entries"]] == [40.0, None]
+
+
+def test_cost_adds_up_the_flops_of_every_run_and_point_without_training(tmp_path, capsys):
+    """`madkit study DIR --cost`: training FLOPs = per-image cost x steps x batch x seeds, sampling
+    FLOPs = per-image cost at every evaluated step count x images x seeds; nothing is written."""
+    from madkit.build import build_experiment
+    from madkit.experiment_spec import load_spec
+    from madkit.registry import Registry
+
+    folder = Path(__file__).resolve().parents[1] / "experiments" / "toy_studies" / "hidden_loss"
+    out = tmp_path / "never"
+    assert main(["study", str(folder), "--out", str(out), "--cost", "--mfu", "0.5", "--peak-tflops", "1"]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    registry = Registry.load()
+    spec = load_spec(folder / "d2.toml", [], registry).spec
+    model = build_experiment(spec, registry, meta=True).model
+    train = model.compute_cost(1)["train_flops_per_image"] * 800 * 32 * 3
+    sample = model.compute_cost(8)["sample_flops_per_image"] * 1000 * 3
+    row = next(line for line in text.splitlines() if line.startswith("d2 "))
+    assert f"{train:.3e}" in row and f"{sample:.3e}" in row
+    total = float(text.split("total ")[1].split(" FLOPs")[0])
+    hours = float(text.split("= ")[1].split(" accelerator-hours")[0])
+    assert hours == pytest.approx(total / (0.5 * 1e12) / 3600, rel=1e-2)
+    assert "assumed 50% MFU of 1 TFLOP/s" in text

@@ -44,6 +44,11 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N")
     p.add_argument("--train-only", action="store_true", help="train (or skip) the runs, evaluate nothing")
     p.add_argument("--force", action="store_true", help="evaluate again even where up-to-date records exist")
+    p.add_argument("--cost", action="store_true", help="print the study's training and sampling FLOPs and its "
+                   "accelerator-hours at --mfu of --peak-tflops, then stop (nothing is trained)")
+    p.add_argument("--mfu", type=float, default=0.1, help="with --cost: the assumed model FLOPs utilisation")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="with --cost: the accelerator's dense bf16 peak (default: an H100/H200, 989)")
 
 
 def run(args) -> int:
@@ -52,8 +57,8 @@ def run(args) -> int:
     import torch
 
     from madkit.engine.distributed import resolve_device, under_torchrun
-    from madkit.engine.studies.runner import evaluate_runs, plan_study, train_runs, trained_steps
     from madkit.engine.studies.results import write_results
+    from madkit.engine.studies.runner import evaluate_runs, plan_study, train_runs, trained_steps
     from madkit.registry import Registry
 
     def log(message: str) -> None:
@@ -72,6 +77,13 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / folder.resolve().name
     registry = Registry.load()
     study = plan_study(folder, out, registry, overrides, args.sets)
+    if args.cost:
+        from madkit.engine.studies.cost import format_cost, study_cost
+
+        if not (0 < args.mfu <= 1 and args.peak_tflops > 0):
+            raise UsageError("--mfu must be in (0, 1] and --peak-tflops positive")
+        print(format_cost(study_cost(study, registry, args.mfu, args.peak_tflops * 1e12)))
+        return 0
     for planned in study.runs:  # a folder holding another spec is refused before anything trains
         trained_steps(planned, registry)
     started = time.perf_counter()
