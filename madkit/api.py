@@ -32,6 +32,7 @@ from madkit.engine.packaging.hub import push_folder, resolve_pretrained
 from madkit.experiment_spec import LoadedSpec, load_spec
 from madkit.generation import to_uint8_hwc
 from madkit.registry import Registry
+from madkit.threads import apply_threads
 
 SpecSource = str | Path | Mapping[str, Any] | LoadedSpec
 OUTPUTS = ("pil", "tensor", "uint8")
@@ -70,6 +71,8 @@ def train(
     registry = registry or Registry.load()
     loaded = _loaded(spec, sets, registry)
     out = Path(out) if out is not None else Path("runs") / loaded.spec.name
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file; a run needs a folder")
     return run_training(loaded, registry, out, stop_after=stop_after, allow_changes=allow_changes)
 
 
@@ -93,15 +96,22 @@ class Pipeline:
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         registry: Registry | None = None,
+        threads: int | None = None,
     ) -> Pipeline:
         """Load a run folder (its latest checkpoint), a checkpoint folder, an export folder
         (``save_pretrained``, ``madkit export``) or a Hugging Face hub id (``owner/name``, optionally
         ``@revision``; fetched into the hub cache, or read from it when ``HF_HUB_OFFLINE=1``).
-        ``weights`` is ``"ema"`` (what training samples from) or ``"raw"`` (checkpoints only)."""
+        ``weights`` is ``"ema"`` (what training samples from) or ``"raw"`` (checkpoints only).
+        ``threads``: torch's CPU threads, as ``--threads`` (madkit.threads); None leaves the process's
+        setting alone (a library does not change globals unasked)."""
         if not isinstance(source, (str, os.PathLike)):
             raise TypeError(f"source must be a folder path or a hub id (str or Path), got {type(source).__name__}")
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
+                raise ValueError(f"threads must be a positive int, got {threads!r}")
+            apply_threads(threads, "threads=")
         registry = registry or Registry.load()
         local = resolve_pretrained(source, revision=revision, cache_dir=cache_dir)
         src, experiment_, model = load_newest_for_inference(

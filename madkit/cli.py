@@ -8,8 +8,10 @@ One rule maps every failure of every command to an exit code and a message:
   for an installation, ``MissingPackageError``, ``RunFolderBusyError`` ...). stderr gets the
   message alone, one line that names the file, key or flag and the fix (a spec error: one line
   per problem), never a traceback. Nothing is written before the inputs are checked.
-- 1: anything else: a runtime failure (training diverged, the disk is full, a collective timed out)
-  or a bug. stderr gets the message and a pointer to ``--debug``.
+  A full disk is one too (``disk full ...; nothing older was touched``): every file is written whole
+  or not at all, so running the same command again after freeing space is safe.
+- 1: anything else: a runtime failure (training diverged, a checkpoint save of ``madkit run`` that
+  found no space, a collective timed out) or a bug. stderr gets the message and a pointer to ``--debug``.
 
 New commands follow the rule by raising ``UserError`` subclasses for user mistakes; they need no
 code here. ``--debug`` anywhere on the command line shows tracebacks instead.
@@ -56,6 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         return report_failure(args.command, exc)
 
 
+# what a write that ran out of space says when it is not an OSError with ENOSPC (safetensors, torch's zip writer)
+_FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return any(word in str(exc) for word in _FULL_WORDS)
+
+
 def report_failure(command: str, exc: Exception) -> int:
     """Print ``exc`` the way the exit-code rule says and return the exit code."""
     from madkit.spec import SpecError  # imports torch: not before a command runs (--help stays fast)
@@ -68,6 +82,12 @@ def report_failure(command: str, exc: Exception) -> int:
         return USER_ERROR
     if isinstance(exc, UserError):
         print(f"madkit {command}: {exc}", file=sys.stderr)
+        return USER_ERROR
+    if is_disk_full(exc) and not isinstance(exc, RuntimeError):  # SaveFailedError: run's own message, exit 1
+        where = getattr(exc, "filename", None)
+        print(f"madkit {command}: disk full{f' writing {where}' if where else ''}; nothing older was touched "
+              "(madkit writes every file whole or not at all); free some space and run the same command again",
+              file=sys.stderr)
         return USER_ERROR
     if isinstance(exc, (OSError, RuntimeError)):  # the environment or the run itself failed
         print(f"madkit {command}: error: {exc}", file=sys.stderr)

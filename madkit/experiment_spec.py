@@ -27,7 +27,7 @@ from madkit.spec import (
     structure,
 )
 from madkit.spec_loading import DICT_SOURCE, Provenance, SpecLoadError, load_raw
-from madkit.validators import folder_name, non_negative, positive, unit_interval
+from madkit.validators import folder_name, non_negative, positive, unit_interval, within
 
 DEFAULTS: dict[str, Any] = {
     "codec": {"kind": "identity"},
@@ -73,8 +73,8 @@ class TrainConfig:
     ema_warmup: int = attrs.field(default=0, validator=non_negative)
     precision: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "fp32", "bf16", "fp16")))
     device: str = attrs.field(default="auto", validator=_device)
-    # CPU threads of torch's intra-op pool; 0 = auto (OMP_NUM_THREADS if set, else the idle cores, <= 8)
-    threads: int = attrs.field(default=0, validator=non_negative)
+    # CPU threads of torch's intra-op pool; 0 = auto (OMP_NUM_THREADS if set, else the physical cores, <= 8)
+    threads: int = attrs.field(default=0, validator=within(0, 4096, note="0 = auto"))
     compile: bool = False
     activation_checkpointing: bool = False
     deterministic: bool = False
@@ -305,8 +305,18 @@ def _render(problems: list[StructureProblem], provenance: Provenance) -> list[st
     lines = []
     for p in problems:
         source = provenance.source_of(tuple(p.path.split("[")[0].split(".")))
-        lines.append(f"{source}: {p.path}: {p.message}")
+        lines.append(f"{_shortened(source, 100)}: {p.path}: {_shortened(p.message)}")
     return lines
+
+
+MAX_MESSAGE = 400  # a problem's message is one line a person reads, never a value echoed whole
+
+
+def _shortened(text: str, limit: int = MAX_MESSAGE) -> str:
+    if len(text) <= limit:
+        return text
+    keep = max(20, limit - 40)
+    return f"{text[:keep]} ... ({len(text) - keep:,} more characters)"
 
 
 # --------------------------------------------------------------------------- TOML writing

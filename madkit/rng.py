@@ -11,14 +11,15 @@ RNGs (which plugins may use, e.g. for dropout or augmentation) are captured into
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-_PURPOSES = {"loss": 1, "data": 2, "sample": 3, "init": 4, "workers": 5}
+_PURPOSES = {"loss": 1, "data": 2, "sample": 3, "init": 4, "workers": 5, "augment": 6}
 
 
 def derive_seed(seed: int, purpose: str, *coords: int) -> int:
@@ -61,6 +62,23 @@ def seed_globals(seed: int, rank: int) -> None:
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
+
+
+@contextlib.contextmanager
+def seeded_globals(seed: int) -> Iterator[None]:
+    """Python's, NumPy's and torch's CPU generators seeded from ``seed`` inside the block and restored
+    after it: draws made by code madkit does not control (a data source's transforms) become a
+    function of ``seed``, and whoever uses the global generators next finds them untouched."""
+    python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(cpu)
 
 
 def capture() -> dict[str, Any]:

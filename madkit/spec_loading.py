@@ -82,10 +82,43 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# A spec is a few dozen short values; far past these it is a mistake (or an attack), not a spec, and
+# deeper nesting would exhaust Python's recursion in the TOML reader itself.
+MAX_DEPTH = 32
+MAX_ITEMS = 10_000
+
+
+def check_bounds(value: Any, where: str, path: str = "", depth: int = 0) -> None:
+    """Refuse tables and arrays nested deeper than ``MAX_DEPTH`` or arrays longer than ``MAX_ITEMS``."""
+    if depth > MAX_DEPTH:
+        raise SpecLoadError(f"{where}: {path or '(top level)'}: nested more than {MAX_DEPTH} levels deep; "
+                            "a spec's values are tables of scalars and short arrays")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_bounds(item, where, f"{path}.{key}" if path else str(key), depth + 1)
+    elif isinstance(value, list):
+        if len(value) > MAX_ITEMS:
+            raise SpecLoadError(f"{where}: {path}: an array of {len(value):,} items (at most {MAX_ITEMS:,}); "
+                                "a spec holds settings, not data")
+        for i, item in enumerate(value):
+            check_bounds(item, where, f"{path}[{i}]", depth + 1)
+
+
+def _parse(read, where: str) -> Any:
+    """``read()`` (tomllib), with nesting too deep for the reader reported like any bound."""
+    try:
+        return read()
+    except RecursionError:
+        raise SpecLoadError(f"{where}: nested more than {MAX_DEPTH} levels deep; a spec's values are tables "
+                            "of scalars and short arrays") from None
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = _parse(lambda: tomllib.load(f), str(path))
+        check_bounds(data, str(path))
+        return data
     except FileNotFoundError:
         raise SpecLoadError(f"{path}: spec file not found") from None
     except IsADirectoryError:
@@ -133,9 +166,10 @@ def parse_set(assignment: str) -> tuple[Path_, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise SpecLoadError(f"--set {assignment!r}: expected KEY=VALUE such as train.steps=100")
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        value = _parse(lambda: tomllib.loads(f"v = {raw}")["v"], f"--set {key}")
     except tomllib.TOMLDecodeError:
         value = raw  # `--set data.kind=folder` should not need shell-quoted TOML strings
+    check_bounds(value, f"--set {key}", key, depth=key.count(".") + 1)
     return tuple(key.split(".")), value
 
 

@@ -76,7 +76,7 @@ def test_a_circle_inside_a_plugin_breaks_the_contract(tree_copy):
 
 
 def test_an_upward_import_and_a_plugin_import_break_their_contracts(tree_copy):
-    add_import(tree_copy / "madkit/engine/checkpoints/run_lock.py", "from madkit.engine.training import threads")
+    add_import(tree_copy / "madkit/engine/checkpoints/run_lock.py", "from madkit.engine.training import ema")
     add_import(tree_copy / "madkit/registry.py", "import madkit_partitioners")
     result = lint_imports(tree_copy, [tree_copy, tree_copy / "plugins"])
     assert result.returncode == 1

@@ -201,3 +201,23 @@ def test_unlabelled_openmoji_data_gets_a_proxy_that_learns_from_every_group():
     labelled = OpenMojiConfig(resolution=16, limit=64)
     assert with_proxy_data({"kind": "proxy"}, labelled, registry) == {"kind": "proxy"}
     assert with_proxy_data({"kind": "inception"}, faces, registry) == {"kind": "inception"}
+
+
+def test_a_full_disk_while_writing_the_record_is_one_line_and_leaves_no_partial_file(run_dir, capsys, monkeypatch):
+    import errno
+
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name.endswith(".tmp"):  # madkit.atomic_files' temp file: half written, then no space
+            real(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    capsys.readouterr()
+    assert evaluate(run_dir, "--name", "full-disk") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("madkit eval:")]
+    assert len(err) == 1 and err[0].startswith("madkit eval: disk full writing") and "nothing older" in err[0], err
+    assert not (run_dir / "eval" / "full-disk.json").exists()
+    assert not [p for p in (run_dir / "eval").rglob("*") if p.name.endswith(".tmp")]

@@ -21,7 +21,7 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture: one intra-o
 
 import madkit
 from madkit.cli import main
-from madkit.engine.training import threads
+from madkit import threads
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
@@ -116,16 +116,58 @@ def test_init_from_starts_a_fresh_run_from_the_ema_weights(trained, tmp_path, ca
 
 
 def test_threads_flag_and_auto_rule(monkeypatch):
-    assert threads.choose_threads(3) == (3, "train.threads")
+    assert threads.choose_threads(3, "train.threads") == (3, "train.threads")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert threads.choose_threads(0) == (2, "OMP_NUM_THREADS")
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.6, 0.0, 0.0))  # a busy machine
-    assert threads.choose_threads(0) == (1, "auto: 0 of 4 cores idle")
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.0, 0.0))  # a quiet one
-    assert threads.choose_threads(0)[0] == 4
+    monkeypatch.setattr(threads, "physical_cores", lambda: 4)
+    assert threads.choose_threads(None) == (4, "auto: 4 physical cores")
+    monkeypatch.setattr(threads, "physical_cores", lambda: 64)
+    assert threads.choose_threads(0)[0] == threads.AUTO_MAX
     assert main(["run", str(TINY), "--threads", "0"]) == 2
+
+
+def test_the_thread_count_does_not_depend_on_the_load(monkeypatch):
+    """Two runs started at different load get the same count (the old rule followed the load average)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    counts = set()
+    for load in (0.0, 1.9, 7.5):
+        monkeypatch.setattr(threads.os, "getloadavg", lambda load=load: (load, load, load), raising=False)
+        counts.add(threads.choose_threads(0))
+    assert len(counts) == 1 and next(iter(counts))[0] >= 1
+
+
+def test_physical_cores_counts_cores_not_hyperthreads(tmp_path):
+    def cpu(n, package, core):
+        topology = tmp_path / f"cpu{n}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+
+    for n, (package, core) in enumerate([(0, 0), (0, 0), (0, 1), (0, 1), (1, 0), (1, 0)]):
+        cpu(n, package, core)  # 2 packages, 3 cores, 6 hyper-threads
+    assert threads.physical_cores(list(range(6)), sysfs=tmp_path) == 3
+    assert threads.physical_cores([0, 1], sysfs=tmp_path) == 1  # affinity: one core's two threads
+    assert threads.physical_cores([0, 7], sysfs=tmp_path) == 2  # unreadable topology: the CPUs themselves
+
+
+def test_every_computing_command_takes_threads(trained, tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        sample = ["sample", str(trained), "--num", "1", "--steps", "1"]
+        assert main([*sample, "--threads", "1", "--out", str(tmp_path / "a")]) == 0
+        assert torch.get_num_threads() == 1
+        assert main([*sample, "--threads", "0", "--out", str(tmp_path / "b")]) == 2
+        capsys.readouterr()
+        commands = (["eval", str(trained), "--num", "1"], ["sweep", str(trained), "--num", "1", "--steps", "1"],
+                    ["fid-stats", str(TINY), "--out", str(tmp_path / "r.npz")], ["study", str(tmp_path)])
+        for command in commands:
+            assert main([*command, "--threads", "-1"]) == 2, command
+            assert "--threads must be a positive thread count (at most 4096), got -1" in capsys.readouterr().err, command
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -167,3 +209,18 @@ def test_validate_says_what_a_kind_swap_dropped_and_shows_the_shapes(tmp_path, c
     out = capsys.readouterr().out
     assert "images 3x256x256" in out  # the folder kind's default resolution, not the file's 16
     assert "[data] changed kind ('openmoji' -> 'folder')" in out and "resolution, limit" in out
+
+
+def test_a_grid_lost_between_its_checkpoint_and_its_drawing_is_drawn_on_resume(tmp_path, capsys):
+    """A kill after the checkpoint of step 2 and before its grid: resuming draws that grid first, the
+    same pixels the uninterrupted run drew (EMA weights and noise are restored/fixed)."""
+    out = tmp_path / "run"
+    every = ("train.sample_every=2", "train.ckpt_every=2", "train.keep_ckpts=5")
+    assert main(run_args(out, "train.steps=2", *every)) == 0
+    grid = out / "samples" / "step_00000002.png"
+    drawn = grid.read_bytes()
+    grid.unlink()  # what the kill left: the checkpoint of step 2, no grid
+    assert main(run_args(out, "train.steps=4", *every, extra=("--allow-changes",))) == 0
+    assert "making the missing sample grid of step 2" in capsys.readouterr().out
+    assert grid.read_bytes() == drawn
+    assert (out / "samples" / "step_00000004.png").is_file()

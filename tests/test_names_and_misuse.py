@@ -109,3 +109,50 @@ def test_generate_names_the_misused_argument(experiment, kwargs, error, message)
 def test_load_needs_a_path_or_a_hub_id(source):
     with pytest.raises(TypeError, match="source must be a folder path or a hub id"):
         madkit.load(source)
+
+
+# --------------------------------------------------------------------------- values a later command refuses
+@pytest.mark.parametrize(
+    ("spec", "guidance", "message"),
+    [
+        ("toy_study/d2.toml", "2", "the [model] config does not use the labels"),  # labelled data, unconditional model
+        ("quickstart.toml", "2", "the data has no labels"),
+        ("toy_studies/blocks_class/d2_class.toml", "-1", "must be >= 0"),
+    ],
+)
+def test_validate_refuses_guidance_that_sampling_would_refuse(capsys, spec, guidance, message):
+    path = TINY.parents[1] / spec
+    assert main(["validate", str(path), "--no-data", "--set", f"sampler.guidance={guidance}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sampler.guidance" in err[0] and message in err[0]
+
+
+def test_guidance_on_a_class_conditional_model_is_valid():
+    assert main(["validate", str(TINY.parents[1] / "toy_studies/blocks_class/d2_class.toml"), "--no-data",
+                 "--set", "sampler.guidance=2"]) == 0
+
+
+def test_run_into_a_file_is_a_usage_error(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    assert main(["run", str(TINY), "--out", str(target), "--set", "train.steps=1"]) == 2
+    assert "a file of that name exists" in capsys.readouterr().err
+    assert target.read_text() == "mine"
+    with pytest.raises(ValueError, match="is a file"):
+        madkit.train(str(TINY), out=target)
+
+
+# --------------------------------------------------------------------------- bounded spec reading
+def test_deep_nesting_and_huge_arrays_are_refused_in_one_short_line(tmp_path, capsys):
+    base = TINY.read_text()
+    deep = tmp_path / "deep.toml"
+    deep.write_text(base + "\n[log]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    big = tmp_path / "big.toml"
+    big.write_text(base + "\n[log]\nx = [" + ", ".join(["1"] * 200_000) + "]\n")
+    for spec, words in ((deep, "nested more than 32 levels deep"), (big, "an array of 200,000 items")):
+        assert main(["validate", str(spec), "--no-data"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and len(err[0]) < 300, err
+    assert main(["validate", str(TINY), "--no-data", "--set", "name=[" + ",".join(["1"] * 5000) + "]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and len(err[0]) < 600 and "more characters" in err[0]

@@ -178,3 +178,33 @@ def test_sample_and_export_read_a_live_run_that_prunes_every_step(tmp_path, caps
     finally:
         trainer.kill()
         trainer.wait()
+
+
+def test_a_full_disk_during_report_or_export_is_one_line_and_leaves_no_partial_file(run_dir, tmp_path, capsys,
+                                                                                     monkeypatch):
+    import errno
+
+    from madkit.engine.packaging import export
+
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name.endswith(".tmp"):
+            real(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    def full_weights(tensors, path, metadata=None):
+        Path(path).write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    monkeypatch.setattr(export, "save_file", full_weights)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if ".lease" not in p.name)
+    out = tmp_path / "report.html"
+    assert main(["report", str(run_dir), "--out", str(out)]) == 2
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("disk full" in line and "nothing older was touched" in line for line in err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no report, no export folder, no temp files
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if ".lease" not in p.name) == before

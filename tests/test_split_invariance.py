@@ -77,3 +77,46 @@ def test_resume_of_the_quickstart_is_exact(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     loss = lambda r: [m["loss"] for m in read_metrics(r.run_dir / "metrics.jsonl")]
     assert loss(resumed) == loss(straight) and len(loss(straight)) == 4
+
+
+def _photo_folder(folder: Path) -> Path:
+    """Eight 48x40 photos of random colour noise: a random 32-pixel crop of each differs from the next."""
+    from PIL import Image
+
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(8):
+        pixels = torch.randint(0, 256, (40, 48, 3), generator=g, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("augment", ["flips", "crops"])
+def test_augmentation_is_split_invariant_too(tmp_path, augment):
+    """Random flips (OpenMoji) and random crops (a folder of photos) draw from (seed, stream position),
+    so micro-batch splits still give the same loss and gradient, and the draws really happen."""
+    if augment == "flips":
+        on, off = ["data.hflip=true"], ["data.hflip=false"]
+    else:
+        folder = _photo_folder(tmp_path / "photos")
+        base = ["data.kind=folder", f"data.root={str(folder)!r}", "data.resolution=32"]
+        on, off = [*base, "data.crop=random", "data.hflip=true"], [*base, "data.crop=center"]
+    whole = first_step(tmp_path / "whole", 4, on)
+    loss_diff, grad_diff = relative_difference(whole, first_step(tmp_path / "micro1", 1, on))
+    assert loss_diff <= TOLERANCE and grad_diff <= TOLERANCE, (loss_diff, grad_diff)
+    _, without = relative_difference(whole, first_step(tmp_path / "plain", 4, off))
+    assert without > 1e-3  # the augmentation changed the images the step trained on
+
+
+def test_flips_on_two_gloo_ranks_match_one_process(tmp_path):
+    """Each rank draws from its own global generators; keyed by stream position, the flips still match."""
+    flips = ["data.hflip=true"]
+    whole = first_step(tmp_path / "whole", 4, flips)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("quickstart_step.py")), str(out), "1", "--set", flips[0]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    loss_diff, grad_diff = relative_difference(whole, torch.load(out / "step.pt", weights_only=True))
+    assert loss_diff <= TOLERANCE and grad_diff <= TOLERANCE, (loss_diff, grad_diff)

@@ -196,7 +196,7 @@ def test_ranks_split_each_global_batch_and_resume_continues(n, world, per_rank, 
 
     def rank_steps(rank, consumed, count):
         it = iter(batches.MicroBatchIndices(order, plan, rank, consumed))
-        return [[i for _ in range(plan.accumulation) for _, i in next(it)] for _ in range(count)]
+        return [[i for _ in range(plan.accumulation) for _, i, _ in next(it)] for _ in range(count)]
 
     per_rank_steps = [rank_steps(r, 0, steps) for r in range(world)]
     for s in range(steps):  # the ranks' shares together are exactly the stream's next B positions

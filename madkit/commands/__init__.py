@@ -49,3 +49,17 @@ def kind_table(kind: str, assignments: list[str], flag: str) -> dict:
             node = node.setdefault(part, {})
         node[path[-1]] = value
     return table
+
+
+def add_threads_arg(p) -> None:
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: OMP_NUM_THREADS if "
+                   "set, else the physical cores, at most 8; the same on every run)")
+
+
+def apply_threads_arg(args) -> str:
+    """Apply ``--threads`` (or the rule's default) to this process; returns the banner text."""
+    from madkit.threads import MAX_THREADS, apply_threads
+
+    if args.threads is not None and not 0 < args.threads <= MAX_THREADS:
+        raise UsageError(f"--threads must be a positive thread count (at most {MAX_THREADS}), got {args.threads}")
+    return apply_threads(args.threads)

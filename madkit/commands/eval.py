@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from madkit.commands import UsageError, add_assignments_arg, kind_table
+from madkit.commands import UsageError, add_assignments_arg, add_threads_arg, apply_threads_arg, kind_table
 
 
 def add_eval_args(p, default_num: int | None) -> None:
@@ -65,6 +65,7 @@ def add_eval_args(p, default_num: int | None) -> None:
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--force", action="store_true", help="evaluate again even if an up-to-date JSON exists")
+    add_threads_arg(p)
 
 
 def add_parser(sub) -> None:
@@ -168,6 +169,7 @@ def parse_checkpoint_steps(text: str) -> list[int]:
 
 
 def run(args) -> int:
+    apply_threads_arg(args)
     from madkit.engine import distributed
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.engine.evaluation.points import Evaluator, load_run, sample_size_note

@@ -5,7 +5,7 @@ its images with the chosen extractor and writes mu, sigma, the extractor's name,
 and a content hash to an .npz that ``compute_metrics`` (and ``madkit eval``) accept as a reference.
 """
 
-from madkit.commands import UsageError, add_assignments_arg, kind_table
+from madkit.commands import UsageError, add_assignments_arg, add_threads_arg, apply_threads_arg, kind_table
 
 
 def add_parser(sub) -> None:
@@ -31,9 +31,11 @@ def add_parser(sub) -> None:
     add_assignments_arg(
         p, "--set", "sets", "override a spec value, e.g. --set data.resolution=32 (TOML value syntax)"
     )
+    add_threads_arg(p)
 
 
 def run(args) -> int:
+    apply_threads_arg(args)
     from madkit.engine.evaluation.evaluate import (
         data_images,
         extract,

@@ -62,6 +62,8 @@ def run(args) -> int:
     if args.from_step is not None and args.from_step < 0:
         raise UsageError(f"--from must be a checkpoint's step (>= 0), got {args.from_step}")
     out = Path(args.out) if args.out else Path("runs") / loaded.spec.name
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: a file of that name exists, and a run needs a folder; choose another --out")
 
     # torch and the engine are imported only now: `madkit --help` and `validate` stay fast
     from madkit.engine.training.loop import train

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from madkit.commands import add_threads_arg, apply_threads_arg
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="generate PNG images from a run, checkpoint or export (EMA weights by default)")
@@ -22,9 +24,11 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true",
                    help="--out already holds images made with other weights or settings: remove them first")
+    add_threads_arg(p)
 
 
 def run(args) -> int:
+    apply_threads_arg(args)
     from madkit.commands import UsageError
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.engine.distributed import resolve_device

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from madkit.commands import UsageError, add_assignments_arg
+from madkit.commands import UsageError, add_assignments_arg, add_threads_arg, apply_threads_arg
 
 
 def parse_ints(text: str | None, flag: str, positive: bool = False) -> list[int] | None:
@@ -49,9 +49,13 @@ def add_parser(sub) -> None:
     p.add_argument("--mfu", type=float, default=0.1, help="with --cost: the assumed model FLOPs utilisation")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="with --cost: the accelerator's dense bf16 peak (default: an H100/H200, 989)")
+    add_threads_arg(p)
 
 
 def run(args) -> int:
+    apply_threads_arg(args)  # evaluation; the training runs get it as train.threads (neutral on resume)
+    if args.threads:
+        args.sets.append(f"train.threads={args.threads}")
     import time
 
     import torch

@@ -14,7 +14,7 @@ import contextlib
 import re
 from pathlib import Path
 
-from madkit.commands import UsageError
+from madkit.commands import UsageError, apply_threads_arg
 from madkit.commands.eval import add_eval_args, build_request, check_kinds
 
 _SI = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
@@ -54,6 +54,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    apply_threads_arg(args)
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.engine.distributed import resolve_device
     from madkit.engine.evaluation.points import Evaluator, sample_size_note

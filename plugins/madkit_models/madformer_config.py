@@ -73,6 +73,10 @@ class MadformerConfig:
         diff = self.diffusion_layer or registry.get("layer", "diffusion").config_cls()
         return ar, diff
 
+    def is_class_conditional(self, num_classes: int) -> bool:
+        """Whether the model built with ``num_classes`` uses labels (and so guidance): spec checks ask."""
+        return self.conditioning == "class" and num_classes > 0
+
     def build(self, latent_shape, num_classes: int, registry):
         from madkit_models.madformer import MADFormer
 

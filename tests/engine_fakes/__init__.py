@@ -42,6 +42,9 @@ BASE_SPEC: dict[str, Any] = {
         "device": "cpu",
         "precision": "fp32",
         "latent_cache": "off",  # tests that want the cache point it at a temporary folder
+        # one intra-op thread, as one_thread below: tiny models run faster, and a trainer in a forked
+        # child (the kill tests) must not use an OpenMP pool the parent started (GNU OpenMP hangs)
+        "threads": 1,
     },
     "log": {"sinks": ["tensorboard"], "progress": False},
 }

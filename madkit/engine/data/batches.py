@@ -96,25 +96,32 @@ class StreamOrder:
 
 
 class EpochKeyed(Dataset):
-    """Items addressed as (epoch, index). A dataset with ``set_epoch(epoch)`` (per-epoch choices such
-    as the latent cache's flips) learns the epoch of every item, in whichever worker loads it."""
+    """Items addressed as (epoch, index, stream position). A dataset with ``set_epoch(epoch)``
+    (per-epoch choices such as the latent cache's flips) learns the epoch of every item, in whichever
+    worker loads it, and the random draws of its augmentation (flips, random crops: torch's, Python's
+    and NumPy's global generators) are seeded from (seed, stream position) for that one item and
+    restored after. An item's augmentation is then a function of where it sits in the stream, like
+    the loss's draws: the same global batch is augmented alike whatever the ranks, micro-batches and
+    workers, and a resumed run repeats it."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
         self._set_epoch = getattr(dataset, "set_epoch", None)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, int, int]):
+        epoch, index, pos = key
         if callable(self._set_epoch):
             self._set_epoch(epoch)
-        return self.dataset[index]
+        with rng.seeded_globals(rng.derive_seed(self.seed, "augment", pos)):
+            return self.dataset[index]
 
 
 class MicroBatchIndices(torch.utils.data.Sampler):
-    """Endless micro-batches of (epoch, dataset index) keys for one rank, starting at ``consumed``."""
+    """Endless micro-batches of (epoch, dataset index, stream position) keys for one rank, starting at
+    ``consumed``."""
 
     def __init__(self, order: StreamOrder, plan: BatchPlan, rank: int, consumed: int):
         self.order, self.plan, self.rank, self.start = order, plan, rank, consumed
@@ -123,7 +130,7 @@ class MicroBatchIndices(torch.utils.data.Sampler):
         plan, start = self.plan, self.start
         while True:
             for k in range(plan.accumulation):
-                yield [self.order.locate(start + i) for i in plan.example_indices(self.rank, k)]
+                yield [(*self.order.locate(start + i), start + i) for i in plan.example_indices(self.rank, k)]
             start += plan.global_batch
 
 
@@ -178,7 +185,7 @@ def micro_batches(
         ) from None
     sampler = MicroBatchIndices(StreamOrder(n, seed), plan, rank, consumed)
     loader = DataLoader(
-        EpochKeyed(dataset),
+        EpochKeyed(dataset, seed),
         batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=_collate,

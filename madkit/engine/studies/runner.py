@@ -237,7 +237,7 @@ def evaluate_runs(study: Study, registry: Registry, device: Any, log: Callable[[
     """Every run at the grid and at its budget-matched step counts; returns the points and the plan."""
     from madkit.engine.evaluation.points import Evaluator, Request
     from madkit.engine.evaluation.sweep import run_sweep
-    from madkit.engine.training.threads import apply_threads
+    from madkit.threads import apply_threads
 
     config, started, cpu = study.config, time.perf_counter(), time.process_time()
     log(f"evaluating with {apply_threads(0)}")  # the rule training uses (train.threads = 0), as it stands now

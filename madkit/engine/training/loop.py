@@ -52,7 +52,7 @@ from madkit.engine.training.resume_changes import describe as describe_changes
 from madkit.engine.training.sample_grids import sample_images, save_grid
 from madkit.engine.training.saving import CheckpointSaving
 from madkit.engine.training.setup import TrainerSetup
-from madkit.engine.training.threads import apply_threads
+from madkit.threads import apply_threads
 from madkit.experiment_spec import LoadedSpec
 
 
@@ -117,7 +117,7 @@ class Trainer(TrainerSetup, ResumeChoice, CheckpointSaving):
         self.init_source: Path | None = None  # the checkpoint train.init_from loaded weights from
         self.registry, self.device, self.console = registry, env.device, console
         self.sharded = fsdp.is_sharded(cfg.strategy)
-        self.threads = apply_threads(cfg.threads)
+        self.threads = apply_threads(cfg.threads, "train.threads")
         self.run_dir = RunDir(out)
         self.lock = lock or RunLock(out, "madkit run")
         self.from_step = from_step
@@ -155,19 +155,30 @@ class Trainer(TrainerSetup, ResumeChoice, CheckpointSaving):
         try:
             if self.step >= end:
                 self.reporter.say(f"{self.run_dir.root}: already trained to step {self.step}; nothing to do")
+                self._draw_missing_grid(due=True)  # the last run's final grid
                 grid = self.run_dir.sample_grid(self.step)
-                if self.env.is_main and not grid.is_file():  # a kill while the last run drew it
-                    self.reporter.say(f"making the missing sample grid of step {self.step}")
-                    self._sample()
                 self.latest_samples = grid if self.env.is_main and grid.is_file() else None
             else:
                 self.reporter.say(self._banner(end))
+                due = bool(self.ckpt) and bool(cfg.sample_every) and self.step % cfg.sample_every == 0
+                self._draw_missing_grid(due=due)  # the resumed step's grid, due when the checkpoint was saved
                 record = self._loop(end)
                 self._save_checkpoint()  # before sampling: a kill while sampling loses nothing
                 self._sample()
         finally:
             self.reporter.close()
         return TrainResult(self.run_dir.root, self.step, self.latest_ckpt, self.latest_samples, record)
+
+    def _draw_missing_grid(self, due: bool) -> None:
+        """A kill between a checkpoint and the sample grid of the same step lost that grid: draw it now,
+        from the restored EMA weights and the same fixed noise (so it is the grid the run would have
+        drawn). Every rank learns the decision from rank 0, since a sharded run samples collectively."""
+        if not due:
+            return
+        grid = self.run_dir.sample_grid(self.step)
+        if distributed.decide_on_main(self.env, lambda: not grid.is_file()):
+            self.reporter.say(f"making the missing sample grid of step {self.step}")
+            self._sample()
 
     def _banner(self, end: int) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())

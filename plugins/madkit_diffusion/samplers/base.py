@@ -61,11 +61,20 @@ def check_against_spec(kind: str, accepts: frozenset[str], context: dict[str, An
     """``check(context)`` body shared by sampler configs: is the spec's schedule one we can sample?"""
     spec = context.get("spec")
     guidance = getattr(getattr(spec, "sampler", None), "guidance", 1.0)
-    if guidance != 1.0 and not context.get("num_classes"):
+    num_classes = context.get("num_classes") or 0
+    # a model config says whether it uses labels (is_class_conditional); without it, labelled data is taken as yes
+    conditional = getattr(getattr(spec, "model", None), "is_class_conditional", lambda n: n > 0)
+    if guidance != 1.0 and not num_classes:
         yield SpecProblem(
             "guidance",
             f"guidance = {guidance:g} needs a class-conditional model, but the data has no labels; "
             "set it to 1.0 (off)",
+        )
+    elif guidance != 1.0 and not conditional(num_classes):
+        yield SpecProblem(
+            "guidance",
+            f"guidance = {guidance:g} needs a class-conditional model, but the [model] config does not use the "
+            "labels (for madformer: model.conditioning = \"class\"); set guidance to 1.0 (off)",
         )
     schedule_config = getattr(spec, "schedule", None)
     if schedule_config is None:
