@@ -31,7 +31,12 @@ USER_ERROR, FAILURE = 2, 1
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="madkit", description="Mixed autoregressive and diffusion generation.")
+    parser = argparse.ArgumentParser(
+        prog="madkit",
+        description="Mixed autoregressive and diffusion generation.",
+        epilog="A mistake you can fix exits 2 with one line that says how; anything else exits 1. "
+        "--debug anywhere on a command line prints the traceback instead.",
+    )
     parser.add_argument("--version", action="version", version=f"madkit {madkit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}

@@ -15,6 +15,7 @@ from engine_fakes import one_thread  # noqa: F401  (autouse fixture: one intra-o
 import madkit
 from madkit.cli import main
 from madkit.engine.checkpoints import export_format
+from madkit.engine.packaging.hub import HubError, resolve_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "tiny" / "madformer.toml"
@@ -92,3 +93,12 @@ def test_init_from_an_export_folder(trained, tmp_path, capsys):
     exported = load_file(folder / export_format.WEIGHTS_FILE)
     tuned = load_file(out / "checkpoints" / "00000001" / "model.safetensors")
     assert all(torch.allclose(exported[k], tuned[k], atol=1e-6) for k in exported)
+
+
+def test_a_missing_local_run_is_named_as_a_folder_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    with pytest.raises(HubError, match=r"runs/quickstrat: no such folder \(runs exists; it holds quickstart\)"):
+        resolve_pretrained("runs/quickstrat")
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):  # no local folder "owner": a hub id
+        resolve_pretrained("owner/name")

@@ -309,3 +309,20 @@ def test_an_existing_run_folder_is_left_alone(models, tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     assert run_import(write_reference(tmp_path / "ckpts.pt", experiment.model.state_dict()), out) == 2
     assert "already exists" in capsys.readouterr().err and [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_a_pickle_that_would_run_a_shell_command_is_refused_in_madkits_words(models, tmp_path, capsys):
+    """torch 2.6+ words the refusal differently from earlier versions and advises weights_only=False;
+    madkit names the blocked global and never repeats that advice."""
+    import os
+
+    class Shell:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'code-ran'}",))
+
+    hostile = tmp_path / "shell.pt"
+    torch.save({"ema": {"boi_block": Shell()}}, hostile)
+    err = _refused(hostile, tmp_path / "run", capsys)
+    assert f"refused: its pickle asks for {os.system.__module__}.system" in err
+    assert "weights_only" not in err and "nothing in the file was executed" in err
+    assert not (tmp_path / "code-ran").exists()

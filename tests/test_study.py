@@ -170,3 +170,15 @@ def test_cost_adds_up_the_flops_of_every_run_and_point_without_training(tmp_path
     hours = float(text.split("= ")[1].split(" accelerator-hours")[0])
     assert hours == pytest.approx(total / (0.5 * 1e12) / 3600, rel=1e-2)
     assert "assumed 50% MFU of 1 TFLOP/s" in text
+
+
+def test_validate_checks_a_study_design_as_a_study(tmp_path, capsys):
+    toy = Path(__file__).resolve().parents[1] / "experiments" / "toy_study"
+    assert main(["validate", str(toy / "study.toml")]) == 0
+    assert "valid study: 4 setting(s) (d1, d2, d3, d4) x 3 seed(s)" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "study.toml").write_text("seedz = [1]\n")
+    (bad / "a.toml").write_text((toy / "d2.toml").read_text())
+    assert main(["validate", str(bad / "study.toml")]) == 2
+    assert "study.toml: seedz: unknown key; did you mean 'seeds'?" in capsys.readouterr().err

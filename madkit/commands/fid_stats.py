@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
         "an extractor config key, e.g. weights=/models/inception.pth or epochs=20 (TOML value syntax)",
     )
     p.add_argument("--num", type=int, default=0, help="use a seeded random subset of N images (default: all)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per extractor call (default 64)")
+    p.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=64, help="images per extractor call (default 64)")
     p.add_argument(
         "--keep-features", action="store_true", help="store the features too (KID and precision/recall need them)"
     )

@@ -36,6 +36,13 @@ def resolve_pretrained(source: str | Path, revision: str | None = None, cache_di
         return path
     if not looks_like_hub_id(source):
         raise HubError(f"{source}: no such folder, and not a hub id of the form owner/name")
+    if path.parent.is_dir() and path.parent != Path("."):
+        # "runs/typo": the first part names a local folder, so it is a path with a typo, not a hub id
+        near = sorted(p.name for p in path.parent.iterdir() if p.is_dir())[:8]
+        raise HubError(
+            f"{source}: no such folder ({path.parent} exists; it holds {', '.join(near) or 'no folders'}); "
+            f"a hub id owner/name is looked up only when no local folder {path.parent} exists"
+        )
     repo_id, at = split_revision(str(source))
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError

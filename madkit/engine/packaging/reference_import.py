@@ -84,12 +84,15 @@ def read_reference_file(path: Path) -> dict[str, Any]:
                 raise
             obj = _safe_load(path, mmap=False)  # a legacy (non-zip) torch file
     except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if refused:
+        # torch names the blocked global in words that change between versions ("Unsupported global:
+        # GLOBAL x", "unsupported GLOBAL x whose module ... is blocked"); both say GLOBAL and the name
+        text = str(exc)
+        refused = re.search(r"GLOBAL\s+([\w.]+)", text)
+        if refused or "weights_only" in text.lower() or "weights only" in text.lower():
+            what = refused.group(1) if refused else "something besides tensors and plain containers"
             raise ReferenceImportError(
-                f"{path}: refused: its pickle asks for {refused.group(1)}, which a weights-only load never "
-                "runs (nothing in the file was executed); the released checkpoint needs only tensors and "
-                "argparse.Namespace"
+                f"{path}: refused: its pickle asks for {what}, which a weights-only load never runs (nothing "
+                "in the file was executed); the released checkpoint needs only tensors and argparse.Namespace"
             ) from None
         raise ReferenceImportError(f"{path}: not a torch checkpoint ({_first_line(exc)})") from None
     except Exception as exc:
