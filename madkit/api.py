@@ -11,6 +11,7 @@ Everything here is a thin layer over the engine; the command line calls the same
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -97,13 +98,15 @@ class Pipeline:
         cache_dir: str | Path | None = None,
         registry: Registry | None = None,
         threads: int | None = None,
+        torch_dtype: torch.dtype | None = None,
     ) -> Pipeline:
         """Load a run folder (its latest checkpoint), a checkpoint folder, an export folder
         (``save_pretrained``, ``madkit export``) or a Hugging Face hub id (``owner/name``, optionally
         ``@revision``; fetched into the hub cache, or read from it when ``HF_HUB_OFFLINE=1``).
         ``weights`` is ``"ema"`` (what training samples from) or ``"raw"`` (checkpoints only).
         ``threads``: torch's CPU threads, as ``--threads`` (madkit.threads); None leaves the process's
-        setting alone (a library does not change globals unasked)."""
+        setting alone (a library does not change globals unasked). ``torch_dtype``: as in diffusers,
+        the weights' dtype (``torch.bfloat16`` halves their memory; see ``to``)."""
         if not isinstance(source, (str, os.PathLike)):
             raise TypeError(f"source must be a folder path or a hub id (str or Path), got {type(source).__name__}")
         if weights not in ("ema", "raw"):
@@ -117,7 +120,8 @@ class Pipeline:
         src, experiment_, model = load_newest_for_inference(
             local, registry, use_ema=weights == "ema", device=resolve_device(device)
         )
-        return cls(experiment_, model, src, weights)
+        pipe = cls(experiment_, model, src, weights)
+        return pipe.to(torch_dtype) if torch_dtype is not None else pipe
 
     @property
     def source(self) -> str:
@@ -144,6 +148,73 @@ class Pipeline:
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "export")
             return push_folder(folder, repo_id, private=private, token=token, message=message)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, *args: Any, **kwargs: Any) -> Pipeline:
+        """Move and/or cast the weights like ``nn.Module.to`` (``pipe.to("cuda")``,
+        ``pipe.to(torch.bfloat16)``, ``pipe.to("cuda", torch.float16)``); returns the pipeline.
+
+        With bf16 or fp16 weights, generation runs under autocast in that dtype: the matmuls in low
+        precision, the residual streams and the noise in fp32 (as in bf16 training), images in fp32."""
+        dtype = kwargs.get("dtype") or next((a for a in args if isinstance(a, torch.dtype)), None)
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"weights must stay floating point, got {dtype}")
+        self.model.to(*args, **kwargs)
+        if isinstance(self.experiment.codec, torch.nn.Module):
+            self.experiment.codec.to(*args, **kwargs)
+        return self
+
+    def __call__(
+        self,
+        num_images: int | None = None,
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        class_labels: Sequence[int] | torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        seed: int | None = None,
+        sampler: str | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+    ):
+        """diffusers' calling convention over ``generate``: returns an ``ImagePipelineOutput``
+        (``.images``), or a one-tuple with ``return_dict=False``.
+
+        ``generator``: one ``torch.Generator``; the images' seed is drawn from it, so the same
+        generator state gives the same images (madkit seeds image i from (seed, i), so a list of
+        generators, one per image, has no meaning here: pass ``seed`` or one generator).
+        ``output_type``: ``"pil"``, ``"np"`` (float [n, H, W, 3] in [0, 1]) or ``"pt"`` (float
+        [n, 3, H, W] in [0, 1]), as diffusers returns them."""
+        from diffusers import ImagePipelineOutput
+
+        if isinstance(generator, (list, tuple)):
+            raise ValueError("pass one torch.Generator (or seed=): madkit seeds image i from (seed, i), so "
+                             "one generator per image has no meaning")
+        if generator is not None and seed is not None:
+            raise ValueError("pass generator or seed, not both")
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        images = self.generate(
+            num_images, labels=class_labels, seed=seed or 0, steps=num_inference_steps, guidance=guidance_scale,
+            sampler=sampler, batch=batch_size, output="pil" if output_type == "pil" else "tensor", progress=progress,
+        )
+        if output_type != "pil":
+            images = (images + 1) / 2  # diffusers' [0, 1]
+            images = images.permute(0, 2, 3, 1).numpy() if output_type == "np" else images
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
 
     @property
     def num_classes(self) -> int:
@@ -178,10 +249,12 @@ class Pipeline:
         """
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        images = self.experiment.generate(
-            num, steps=steps, seed=seed, guidance=guidance, batch=batch, model=self.model, progress=progress,
-            labels=labels, sampler=sampler,
-        )
+        low = self.dtype in (torch.bfloat16, torch.float16)
+        with torch.autocast(self.device.type, dtype=self.dtype) if low else contextlib.nullcontext():
+            images = self.experiment.generate(
+                num, steps=steps, seed=seed, guidance=guidance, batch=batch, model=self.model, progress=progress,
+                labels=labels, sampler=sampler,
+            ).float()
         if output == "tensor":
             return images
         uint8 = torch.stack([to_uint8_hwc(image) for image in images])  # [n, H, W, 3]
