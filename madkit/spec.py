@@ -92,6 +92,8 @@ def make_converter(registry: Registry) -> cattrs.Converter:
 
     def structure_slot(value: Any, t: type) -> Any:
         interface = t.__madkit_interface__
+        if isinstance(value, str):  # a bare kind: that kind with its defaults (log.sinks = ["tensorboard"])
+            value = {"kind": value}
         if not isinstance(value, dict):
             raise _KindProblem(f"expected a table with kind = \"...\", got {type(value).__name__}", "")
         if "kind" not in value:

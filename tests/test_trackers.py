@@ -97,3 +97,34 @@ def test_mlflow_local_run_holds_metrics_params_images_and_eval(tracked):
     run = client.get_run(run_id)
     assert run.data.params["train.lr"] == "0.001" and run.info.status == "FINISHED"
     assert [a.path for a in client.list_artifacts(run_id, "samples")] == ["samples/step_00000004.png"]
+
+
+def test_trackers_configured_in_the_spec(tmp_path, monkeypatch):
+    """[[log.sinks]] tables carry each tracker's settings (here through --set); they win over the
+    environment, which the earlier tests use."""
+    missing = [p for p in ("tensorboard", "wandb", "mlflow") if not available(p)]
+    if missing:
+        pytest.skip(f"not installed: {missing}")
+    from madkit_sinks.mlflow_sink import RUN_FILE
+    from mlflow.tracking import MlflowClient
+    from tracker_files import wandb_records
+
+    monkeypatch.setenv("WANDB_MODE", "online")  # the spec's mode = "offline" must win (no network here)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-the-environment")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sinks = ('log.sinks=[{kind="wandb", project="madkit-tests", mode="offline", tags=["ci", "tiny"]}, '
+             '{kind="mlflow", experiment="tiny-experiment"}, {kind="tensorboard", subdir="tb"}]')
+    out = tmp_path / "run"
+    sets = ["train.steps=2", "train.ckpt_every=2", "train.sample_num=1", "sampler.steps=1", sinks]
+    assert main(["run", str(TINY), "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 0
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    (run_file,) = (out / "wandb").rglob("run-*.wandb")
+    (started,) = [r.run for r in wandb_records(run_file) if r.HasField("run")][:1]
+    assert started.project == "madkit-tests" and list(started.tags) == ["ci", "tiny"]
+    stored = json.loads((out / RUN_FILE).read_text())
+    client = MlflowClient(tracking_uri=stored["tracking_uri"])
+    experiment = client.get_experiment(client.get_run(stored["run_id"]).info.experiment_id)
+    assert experiment.name == "tiny-experiment"
+    resolved = (out / "config.resolved.toml").read_text()  # the tables, written back as TOML
+    assert 'kind = "wandb"' in resolved and 'project = "madkit-tests"' in resolved

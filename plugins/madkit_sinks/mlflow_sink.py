@@ -1,9 +1,10 @@
 """``mlflow``: metrics, sample grids and the resolved spec in an MLflow run.
 
-Where the run goes follows MLflow's environment: ``MLFLOW_TRACKING_URI`` (a tracking server, a
-database), else a local SQLite store inside the run folder, RUN/mlflow.db, with artifacts under
-RUN/mlartifacts/ (browse it with ``mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db``).
-``MLFLOW_EXPERIMENT_NAME`` names the experiment (default ``madkit``). The run is named after the run
+Where the run goes: the spec's ``tracking_uri`` (``[[log.sinks]] kind = "mlflow"``), else MLflow's
+environment, ``MLFLOW_TRACKING_URI`` (a tracking server, a database), else a local SQLite store
+inside the run folder, RUN/mlflow.db, with artifacts under RUN/mlartifacts/ (browse it with
+``mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db``). The spec's ``experiment``, else
+``MLFLOW_EXPERIMENT_NAME``, names the experiment (default ``madkit``). The run is named after the run
 folder; its id is kept in RUN/mlflow-run.json so a resumed training and a later ``madkit eval`` add
 to the same MLflow run. The spec's values become parameters (a value a resumed run changes goes to
 a ``changed.<key>`` tag: MLflow refuses to overwrite a parameter); the resolved spec is an artifact.
@@ -37,24 +38,28 @@ def local_tracking_uri(run_dir: Path) -> str:
 
 @attrs.frozen
 class MlflowConfig:
-    default_experiment: str = "madkit"  # when MLFLOW_EXPERIMENT_NAME is not set
+    # "" for each: the environment's MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME, else a SQLite store
+    # in the run folder / "madkit"; a value set here wins
+    tracking_uri: str = ""
+    experiment: str = ""
 
     def build(self, run_dir: str | Path) -> MlflowSink:
-        return MlflowSink(Path(run_dir), self.default_experiment)
+        return MlflowSink(Path(run_dir), self.tracking_uri, self.experiment)
 
     def check(self, context: dict[str, Any]) -> list[SpecProblem]:
         return missing_package("mlflow", "mlflow", "mlflow")
 
 
 class MlflowSink(Sink):
-    def __init__(self, run_dir: Path, default_experiment: str = "madkit"):
+    def __init__(self, run_dir: Path, tracking_uri: str = "", experiment: str = ""):
         require_package("mlflow", "mlflow", "the mlflow sink")
         from mlflow import entities
         from mlflow.tracking import MlflowClient
 
         self._entities = entities
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(run_dir)
+        remote = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        self.tracking_uri = remote or local_tracking_uri(run_dir)
         # a client of its own: the user's global mlflow state (active run, URI) is left alone
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         record = run_dir / RUN_FILE
@@ -63,11 +68,11 @@ class MlflowSink(Sink):
             self.run_id = stored["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
         else:
-            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or default_experiment
+            name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "madkit"
             experiment = self.client.get_experiment_by_name(name)
             if experiment is not None:
                 experiment_id = experiment.experiment_id
-            elif "MLFLOW_TRACKING_URI" in os.environ:
+            elif remote:
                 experiment_id = self.client.create_experiment(name)
             else:  # the local store keeps its artifacts next to it, in the run folder
                 experiment_id = self.client.create_experiment(name, artifact_location=str(run_dir / "mlartifacts"))

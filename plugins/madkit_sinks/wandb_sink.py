@@ -1,8 +1,9 @@
 """``wandb``: metrics, sample grids and the resolved spec in a Weights & Biases run.
 
-Configured the way wandb is everywhere, through its environment: ``WANDB_PROJECT`` (default
-``madkit``), ``WANDB_ENTITY``, ``WANDB_MODE`` (``offline`` keeps the run on disk under
-RUN/wandb/, to upload later with ``wandb sync``), ``WANDB_API_KEY``. The run is named after the run
+Configured in the spec (``[[log.sinks]] kind = "wandb"`` with ``project``, ``entity``, ``mode``,
+``tags``) or the way wandb is everywhere, through its environment: ``WANDB_PROJECT`` (default
+``madkit``), ``WANDB_ENTITY``, ``WANDB_MODE`` (``offline`` keeps the run on disk under RUN/wandb/, to
+upload later with ``wandb sync``), ``WANDB_API_KEY``; a value the spec sets wins. The run is named after the run
 folder; its id is kept in RUN/wandb/madkit-run-id so a resumed training and a later ``madkit eval``
 add to the same wandb run. Every record carries the training step as ``step``, the x-axis of all
 charts, so evaluations of earlier checkpoints land at their own step.
@@ -26,31 +27,39 @@ from madkit.interfaces import Sink, SpecProblem
 from madkit_sinks.tensorboard import missing_package, plain_hparams
 
 ID_FILE = "madkit-run-id"
+MODES = ("", "online", "offline", "disabled")
 STEP_KEY = "step"
 
 
 @attrs.frozen
 class WandbConfig:
     subdir: str = "wandb"  # inside the run folder: wandb's files and the run id
-    default_project: str = "madkit"  # when WANDB_PROJECT is not set
+    # "" for each of these: wandb's environment (WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE), else its default
+    project: str = ""  # the environment's WANDB_PROJECT, else "madkit"
+    entity: str = ""
+    mode: str = attrs.field(default="", validator=attrs.validators.in_(MODES))
+    tags: list[str] = attrs.Factory(list)
 
     def build(self, run_dir: str | Path) -> WandbSink:
-        return WandbSink(Path(run_dir), self.subdir, self.default_project)
+        return WandbSink(Path(run_dir), self)
 
     def check(self, context: dict[str, Any]) -> list[SpecProblem]:
         return missing_package("wandb", "wandb", "wandb")
 
 
 class WandbSink(Sink):
-    def __init__(self, run_dir: Path, subdir: str = "wandb", default_project: str = "madkit"):
+    def __init__(self, run_dir: Path, config: WandbConfig):
         self._wandb = wandb = require_package("wandb", "wandb", "the wandb sink")
-        folder = run_dir / subdir
+        folder = run_dir / config.subdir
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         try:
             self.run = wandb.init(
-                project=os.environ.get("WANDB_PROJECT") or default_project,
+                project=config.project or os.environ.get("WANDB_PROJECT") or "madkit",
+                entity=config.entity or None,
+                mode=config.mode or None,
+                tags=list(config.tags) or None,
                 name=run_dir.name,
                 id=run_id,
                 resume="allow",

@@ -41,12 +41,12 @@ def format_line(step: int, total: int, record: dict[str, Any]) -> str:
     )
 
 
-def build_sinks(kinds: Sequence[str], registry, run_dir: Path, config: dict[str, Any] | None = None) -> list[Sink]:
-    """One sink per kind in ``log.sinks``, each built with its default config; ``config`` (the
-    resolved spec) is handed to each sink's ``log_config``."""
+def build_sinks(configs: Sequence[Any], registry, run_dir: Path, config: dict[str, Any] | None = None) -> list[Sink]:
+    """One sink per entry of ``log.sinks`` (sink configs, as the spec structured them); ``config``
+    (the resolved spec) is handed to each sink's ``log_config``."""
     from madkit.build import build_part
 
-    sinks = [build_part(registry, "sink", registry.get("sink", kind).config_cls(), run_dir=run_dir) for kind in kinds]
+    sinks = [build_part(registry, "sink", c, run_dir=run_dir) for c in configs]
     if config is not None:
         for sink in sinks:
             sink.log_config(config)
@@ -64,10 +64,10 @@ def eval_tag(metric: str, record: dict[str, Any]) -> str:
     return f"eval/{metric}/{settings}"
 
 
-def log_eval_record(record: dict[str, Any], kinds: Sequence[str], registry, run_dir: Path) -> None:
+def log_eval_record(record: dict[str, Any], sinks: Sequence[Any], registry, run_dir: Path) -> None:
     """Send one ``madkit eval`` record's metric values to the run's sinks, at its checkpoint's step."""
     scalars = {eval_tag(name, record): float(value) for name, value in record["metric_values"].items()}
-    for sink in build_sinks(kinds, registry, run_dir):
+    for sink in build_sinks(sinks, registry, run_dir):
         try:
             sink.log_scalars(int(record["checkpoint"]["step"]), scalars)
         finally:
