@@ -6,13 +6,22 @@ built-in plugins are loaded through that same group.
 
 Environment:
 - ``MADKIT_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points (register plugins by hand);
-- ``MADKIT_PLUGINS=a,b``: load only the entry points with these names.
+- ``MADKIT_PLUGINS=a,b``: load only the entry points with these names;
+- ``MADKIT_DISABLE_PLUGINS=a,b``: load every entry point but these.
+
+One broken installed plugin must not stop every command: an entry point that fails to import,
+raises while registering, registers a kind another plugin already has, or shares its name with
+another distribution's entry point is skipped whole (whatever it had registered is taken back),
+named with its distribution and the reason on stderr once per process, and listed by
+``madkit plugins``. madkit's own plugins load first, so a third-party kind that collides with a
+built-in one is the one skipped. Plugins added by hand (``add_plugin``) still raise.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import sys
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import Any
@@ -68,6 +77,23 @@ class Registration:
 
 
 @attrs.frozen
+class SkippedPlugin:
+    """An installed plugin that was not loaded, and why."""
+
+    name: str
+    distribution: str
+    version: str
+    reason: str
+
+    def line(self) -> str:
+        return (f"skipped plugin {self.name!r} ({self.distribution} {self.version}): {self.reason} "
+                f"(MADKIT_DISABLE_PLUGINS={self.name} leaves it out silently)")
+
+
+_REPORTED: set[str] = set()
+
+
+@attrs.frozen
 class PluginInfo:
     name: str
     distribution: str
@@ -93,6 +119,7 @@ class Registry:
         self._pm.add_hookspecs(hookspecs)
         self._kinds: dict[str, dict[str, Registration]] = {name: {} for name in INTERFACES}
         self._plugins: dict[str, PluginInfo] = {}
+        self.skipped: list[SkippedPlugin] = []  # installed plugins left out, and why
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -104,37 +131,50 @@ class Registry:
         if autoload:
             only = os.environ.get("MADKIT_PLUGINS", "").strip()
             wanted = {name.strip() for name in only.split(",") if name.strip()} if only else None
-            registry.load_entry_points(wanted)
+            disabled = {n.strip() for n in os.environ.get("MADKIT_DISABLE_PLUGINS", "").split(",") if n.strip()}
+            registry.load_entry_points(wanted, disabled)
+            for skipped in registry.skipped:
+                if skipped.line() not in _REPORTED:  # once per process, not once per Registry.load()
+                    _REPORTED.add(skipped.line())
+                    print(f"madkit: {skipped.line()}", file=sys.stderr)
         return registry
 
-    def load_entry_points(self, names: set[str] | None = None) -> None:
-        found: dict[str, EntryPoint] = {}
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if names is not None and ep.name not in names:
-                continue
-            if ep.name in found:
-                # importlib lists each distribution's entry points; pluggy would silently keep one.
-                raise PluginError(
-                    f"two distributions declare the madkit plugin {ep.name!r}: "
-                    f"{_dist_label(found[ep.name])} and {_dist_label(ep)}; uninstall one of them"
-                )
-            found[ep.name] = ep
-        if names is not None and (missing := names - set(found)):
-            available = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    def load_entry_points(self, names: set[str] | None = None, disabled: set[str] = frozenset()) -> None:
+        """Load the ``madkit.plugins`` entry points (only ``names`` if given, never ``disabled``); a
+        broken one is skipped and recorded in ``self.skipped`` (see the module docstring)."""
+        eps: dict[str, list[EntryPoint]] = {}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if (names is None or ep.name in names) and ep.name not in disabled:
+                eps.setdefault(ep.name, []).append(ep)
+        if names is not None and (missing := names - set(eps) - disabled):
+            available = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
             raise PluginError(
                 f"MADKIT_PLUGINS names {sorted(missing)} but no installed entry point has that name "
                 f"(available: {available})"
             )
-        for ep in found.values():
-            info = PluginInfo(ep.name, *_dist_name_version(ep))
+        # madkit's own plugins first: a third-party kind colliding with a built-in one is the one skipped
+        order = sorted(eps, key=lambda name: (_dist_name_version(eps[name][0])[0] != "madkit", name))
+        for name in order:
+            found = eps[name]
+            info = PluginInfo(name, *_dist_name_version(found[0]))
+            if len(found) > 1:  # importlib lists each distribution's entry points; pluggy would keep one
+                labels = " and ".join(sorted(_dist_label(ep) for ep in found))
+                self._skip(info, f"two distributions declare the madkit plugin {name!r}: {labels}; "
+                                 "uninstall one of them")
+                continue
             try:
-                module = ep.load()
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin {ep.name!r} (distribution {info.distribution} {info.version}) failed to "
-                    f"import {ep.value!r}: {type(exc).__name__}: {exc}"
-                ) from exc
-            self.add_plugin(module, info)
+                module = found[0].load()
+            except Exception as exc:  # noqa: BLE001  (any import failure is the plugin's, reported below)
+                self._skip(info, f"plugin {name!r} (distribution {info.distribution} {info.version}) failed to "
+                                 f"import {found[0].value!r}: {type(exc).__name__}: {exc}")
+                continue
+            try:
+                self.add_plugin(module, info)
+            except PluginError as exc:
+                self._skip(info, str(exc))
+
+    def _skip(self, info: PluginInfo, reason: str) -> None:
+        self.skipped.append(SkippedPlugin(info.name, info.distribution, info.version, reason))
 
     def add_plugin(
         self, plugin: ModuleType | Any, info: PluginInfo | str, distribution: str = "", version: str = ""
@@ -151,17 +191,25 @@ class Registry:
         self._plugins[info.name] = info
         impls = [i for i in self._pm.hook.madkit_register.get_hookimpls() if i.plugin_name == info.name]
         handle = PluginHandle(self, info)
-        for impl in impls:
-            try:
-                impl.function(registry=handle)
-            except PluginError:
-                raise
-            except Exception as exc:
-                exc.add_note(f"raised while madkit plugin {info.name!r} ({info.distribution}) registered")
-                raise PluginError(
-                    f"plugin {info.name!r} ({info.distribution} {info.version}) failed while registering: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+        try:
+            for impl in impls:
+                try:
+                    impl.function(registry=handle)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    exc.add_note(f"raised while madkit plugin {info.name!r} ({info.distribution}) registered")
+                    raise PluginError(
+                        f"plugin {info.name!r} ({info.distribution} {info.version}) failed while registering: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+        except PluginError:  # all or nothing: take back what it registered before failing
+            for per in self._kinds.values():
+                for kind in [k for k, reg in per.items() if reg.plugin == info.name]:
+                    del per[kind]
+            del self._plugins[info.name]
+            self._pm.unregister(name=info.name)
+            raise
 
     def _add(self, interface: str, kind: str, config_cls: type, info: PluginInfo) -> None:
         if interface not in self._kinds:
@@ -179,7 +227,7 @@ class Registry:
                 f"{interface} kind {kind!r} is registered twice: by plugin {old.plugin!r} "
                 f"({old.distribution} {old.version}) and by plugin {info.name!r} "
                 f"({info.distribution} {info.version}); uninstall or disable one "
-                f"(MADKIT_PLUGINS selects which plugins load)"
+                f"(MADKIT_DISABLE_PLUGINS or MADKIT_PLUGINS choose which plugins load)"
             )
         self._kinds[interface][kind] = Registration(
             interface, kind, config_cls, info.name, info.distribution, info.version

@@ -24,4 +24,6 @@ def run(args) -> int:
         print(f"{name}  ({info.distribution} {info.version})")
         for interface, kinds in sorted(by_plugin[name].items()):
             print(f"  {interface:<12} {', '.join(kinds)}")
+    for skipped in registry.skipped:
+        print(f"{skipped.name}  ({skipped.distribution} {skipped.version})  SKIPPED: {skipped.reason}")
     return 0
