@@ -256,6 +256,7 @@ def test_truncated_and_foreign_files_are_refused(models, tmp_path, capsys):
     text.write_text("not a checkpoint")
     err = _refused(text, tmp_path / "run", capsys)
     assert "notes.pt: not a torch checkpoint" in err or "notes.pt: cannot be read as a torch checkpoint" in err
+    assert "weights_only" not in err  # torch's advice to load unsafely is never repeated
     torch.save({"weights": {"a": torch.zeros(1)}}, tmp_path / "other.pt")
     err = _refused(tmp_path / "other.pt", tmp_path / "run", capsys)
     assert "expected a dict with 'ema' and/or 'model' weights, found ['weights']" in err

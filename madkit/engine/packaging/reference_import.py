@@ -88,13 +88,16 @@ def read_reference_file(path: Path) -> dict[str, Any]:
         # GLOBAL x", "unsupported GLOBAL x whose module ... is blocked"); both say GLOBAL and the name
         text = str(exc)
         refused = re.search(r"GLOBAL\s+([\w.]+)", text)
-        if refused or "weights_only" in text.lower() or "weights only" in text.lower():
-            what = refused.group(1) if refused else "something besides tensors and plain containers"
+        if refused:
             raise ReferenceImportError(
-                f"{path}: refused: its pickle asks for {what}, which a weights-only load never runs (nothing "
-                "in the file was executed); the released checkpoint needs only tensors and argparse.Namespace"
+                f"{path}: refused: its pickle asks for {refused.group(1)}, which a weights-only load never runs "
+                "(nothing in the file was executed); the released checkpoint needs only tensors and "
+                "argparse.Namespace"
             ) from None
-        raise ReferenceImportError(f"{path}: not a torch checkpoint ({_first_line(exc)})") from None
+        # torch wraps the unpickler's own reason in advice to load with weights_only=False: keep the reason
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+        why = reason.group(1).strip() if reason else _first_line(exc)
+        raise ReferenceImportError(f"{path}: not a torch checkpoint ({why})") from None
     except Exception as exc:
         raise ReferenceImportError(
             f"{path}: cannot be read as a torch checkpoint ({_first_line(exc)}); is the download complete? "
