@@ -138,7 +138,9 @@ class Pipeline:
         manifest = export_format.read_export(src.path)
         card = (src.path / export_format.CARD_FILE).read_text() if (src.path / export_format.CARD_FILE).is_file() else ""
         weights = checkpoints.unwrapped_state_dict(self.model)
-        return export.write_export(folder, weights, manifest.spec, manifest.provenance, card)
+        needed = export.plugins_needed(self.experiment.spec, self.experiment.registry)
+        provenance = {**manifest.provenance, "plugins": needed}
+        return export.write_export(folder, weights, manifest.spec, provenance, card)
 
     def push_to_hub(
         self, repo_id: str, *, private: bool | None = None, token: str | None = None, message: str | None = None

@@ -102,3 +102,20 @@ def test_a_missing_local_run_is_named_as_a_folder_not_looked_up_on_the_hub(tmp_p
         resolve_pretrained("runs/quickstrat")
     with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):  # no local folder "owner": a hub id
         resolve_pretrained("owner/name")
+
+
+def test_an_export_names_the_plugins_it_needs_when_they_are_missing(trained, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "export"
+    assert main(["export", str(trained), "--out", str(folder)]) == 0
+    needed = export_format.read_export(folder).provenance["plugins"]
+    assert needed["model madformer"] == {"distribution": "madkit", "version": madkit.__version__, "plugin": "models"}
+    assert {"schedule ddpm-linear", "sampler ddim", "partitioner tiles", "data openmoji"} <= set(needed)
+    again = madkit.load(folder).save_pretrained(tmp_path / "again")  # a re-export keeps the record
+    assert export_format.read_export(again).provenance["plugins"] == needed
+    capsys.readouterr()
+    # another machine without the plugin that registers the diffusion schedules and samplers
+    monkeypatch.setenv("MADKIT_DISABLE_PLUGINS", "diffusion")
+    assert main(["sample", str(folder), "--num", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs plugins that are not installed" in err[0], err
+    assert "schedule 'ddpm-linear'" in err[0] and f"pip install 'madkit=={madkit.__version__}'" in err[0]

@@ -21,6 +21,8 @@ from madkit.engine.checkpoints import export_format as export
 from madkit.engine.checkpoints import loading
 from madkit.engine.checkpoints.layout import CHECKPOINTS
 from madkit.engine.checkpoints.saving import load_unwrapped
+from madkit.errors import UserError
+from madkit.interfaces import INTERFACES
 
 
 @attrs.frozen
@@ -54,10 +56,16 @@ def load_for_inference(
     """
     from madkit.build import build_experiment
     from madkit.experiment_spec import structure_spec
+    from madkit.spec import SpecError
 
     src = source if isinstance(source, WeightsSource) else resolve_weights(source)
     raw_spec, shapes_file = stored_spec(src, use_ema)
-    spec = structure_spec(raw_spec, registry)
+    try:
+        spec = structure_spec(raw_spec, registry)
+    except SpecError as exc:
+        if src.kind == "export" and (hint := _missing_plugins(src.path, registry)):
+            raise MissingPluginError(f"{src.path} needs plugins that are not installed: {hint}") from exc
+        raise
     experiment = build_experiment(spec, registry, device=str(device))
     model = experiment.model
     loading.check_compatible(shapes_file, model, raw_spec, f"the spec stored in {src.path}", raw_spec)
@@ -75,6 +83,25 @@ def load_newest_for_inference(
         return (src, *load_for_inference(src, registry, use_ema=use_ema, device=device))
 
     return loading.reading_newest(path, resolve_weights, load)
+
+
+class MissingPluginError(UserError):
+    """An export names component kinds no installed plugin registers; the message says what to install."""
+
+
+def _missing_plugins(folder: Path, registry) -> str:
+    """``pip install`` lines for the kinds an export records (provenance "plugins") that ``registry``
+    lacks; empty when it records none or lacks none."""
+    needed = export.read_export(folder).provenance.get("plugins") or {}
+    missing = {}
+    for key, owner in needed.items():
+        interface, _, kind = key.partition(" ")
+        if interface in INTERFACES and kind not in registry.kinds(interface):
+            missing.setdefault((owner.get("distribution"), owner.get("version")), []).append(f"{interface} {kind!r}")
+    return "; ".join(
+        f"{', '.join(kinds)} from {dist} {version} (pip install '{dist}=={version}')"
+        for (dist, version), kinds in sorted(missing.items())
+    )
 
 
 def stored_spec(src: WeightsSource, use_ema: bool = True) -> tuple[dict, Path]:

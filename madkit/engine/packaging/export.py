@@ -39,6 +39,7 @@ from madkit.engine.checkpoints.export_format import (
 from madkit.engine.evaluation.records import read_eval_records
 from madkit.engine.packaging.model_card import model_card
 from madkit.experiment_spec import dumps_toml, structure_spec
+from madkit.spec import iter_configs
 
 
 def check_destination(out: str | Path) -> Path:
@@ -103,6 +104,7 @@ def _export_folder(ckpt: Path, out: str | Path, registry) -> Path:
         "checkpoint": ckpt.name,
         "weights": "ema",
         "madkit_version": (state.get("versions") or {}).get("madkit"),
+        "plugins": plugins_needed(spec, registry),
     }
     try:
         cost = experiment.model.compute_cost(experiment.sampler.steps)
@@ -113,3 +115,16 @@ def _export_folder(ckpt: Path, out: str | Path, registry) -> Path:
     ]
     card = model_card(state["spec"], experiment, provenance, cost, records)
     return write_export(out, checkpoints.load_weights(ckpt, use_ema=True), state["spec"], provenance, card)
+
+
+def plugins_needed(spec: Any, registry) -> dict[str, dict[str, str]]:
+    """``{"<interface> <kind>": {"distribution", "version", "plugin"}}`` for every component kind the
+    structured ``spec`` uses: what an export records, so loading it elsewhere can name what to install."""
+    owners = {reg.config_cls: reg for reg in registry.registrations()}
+    needed = {}
+    for _, config in iter_configs(spec):
+        if (reg := owners.get(type(config))) is not None:
+            needed[f"{reg.interface} {reg.kind}"] = {
+                "distribution": reg.distribution, "version": reg.version, "plugin": reg.plugin,
+            }
+    return dict(sorted(needed.items()))
