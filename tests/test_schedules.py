@@ -157,3 +157,24 @@ def test_kinds_are_registered_by_madkit():
         ("sampler", "euler"),
     ]:
         assert kinds[key]["distribution"] == "madkit" and kinds[key]["plugin"] == "diffusion", key
+
+
+class _Without:
+    """A schedule whose diffusers_config() lacks one key: what a third-party schedule might ship."""
+
+    def __init__(self, schedule, key: str):
+        self._schedule, self._key = schedule, key
+
+    def __getattr__(self, name):
+        return getattr(self._schedule, name)
+
+    def diffusers_config(self):
+        return {k: v for k, v in self._schedule.diffusers_config().items() if k != self._key}
+
+
+@pytest.mark.parametrize(("config", "key"), [(DDPMLinearConfig(), "trained_betas"), (FlowConfig(), "shift")])
+def test_the_contract_catches_a_schedule_the_samplers_could_not_use(config, key):
+    contract = ScheduleContract()
+    contract.test_diffusers_config_has_what_the_samplers_need(config.build())  # the real one passes
+    with pytest.raises(AssertionError, match=key):
+        contract.test_diffusers_config_has_what_the_samplers_need(_Without(config.build(), key))

@@ -44,7 +44,9 @@ class NoiseSchedule(ABC):
 
     @abstractmethod
     def diffusers_config(self) -> dict[str, Any]:
-        """Scheduler config keys (betas, prediction type, ...) samplers must share with training."""
+        """Scheduler config keys samplers must share with training: always ``num_train_timesteps`` and
+        ``prediction_type``; a DDPM-family schedule (epsilon, v, x0) also its exact ``trained_betas``,
+        a flow schedule (velocity) its ``shift`` (``ScheduleContract`` checks both)."""
 
 
 class SamplerRun(Protocol):

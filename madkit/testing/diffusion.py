@@ -161,6 +161,21 @@ class ScheduleContract:
         assert isinstance(config["num_train_timesteps"], int) and config["num_train_timesteps"] > 1
         assert "prediction_type" in config
 
+    def test_diffusers_config_has_what_the_samplers_need(self, schedule):
+        """The built-in samplers rebuild the schedule's noise levels from ``diffusers_config()``: a
+        DDPM-family schedule must give its exact betas, a flow schedule its shift (otherwise the spec
+        validates and ``madkit run`` fails when it first samples)."""
+        config = schedule.diffusers_config()
+        n = config["num_train_timesteps"]
+        if schedule.prediction == "velocity":
+            assert float(config.get("shift", 0)) > 0, "a flow schedule's diffusers_config() must give shift > 0"
+            return
+        betas = config.get("trained_betas")
+        assert betas is not None, "a DDPM-family schedule's diffusers_config() must give trained_betas"
+        betas = torch.as_tensor(list(betas), dtype=torch.float64)
+        assert betas.shape == (n,), f"trained_betas must hold num_train_timesteps = {n} values, got {tuple(betas.shape)}"
+        assert bool(((betas > 0) & (betas < 1)).all()), "trained_betas must lie in (0, 1)"
+
     def test_timesteps_independent_per_element_and_in_range(self, schedule):
         g = torch.Generator().manual_seed(0)
         t = schedule.sample_timesteps((4096, 4), g, "cpu")
