@@ -119,3 +119,14 @@ def test_an_export_names_the_plugins_it_needs_when_they_are_missing(trained, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs plugins that are not installed" in err[0], err
     assert "schedule 'ddpm-linear'" in err[0] and f"pip install 'madkit=={madkit.__version__}'" in err[0]
+
+
+def test_the_model_card_carries_hub_metadata(trained, tmp_path):
+    from huggingface_hub import ModelCard
+
+    folder = madkit.load(trained).save_pretrained(tmp_path / "export")
+    card = ModelCard.load(folder / export_format.CARD_FILE)
+    assert card.data.library_name == "madkit" and card.data.license == "cc-by-sa-4.0"  # OpenMoji's license
+    assert {"madkit", "madformer", "unconditional"} <= set(card.data.tags)
+    assert card.data.pipeline_tag == "unconditional-image-generation"
+    assert card.text.lstrip().startswith("# tiny")

@@ -1,6 +1,7 @@
 """The model card (README.md) of an export: what the model is, its size and sampling cost, where its
 weights came from, and the evaluations recorded for exactly these weights. Only known numbers are
-written; nothing is estimated."""
+written; nothing is estimated. The card opens with the hub's metadata block (YAML, written by
+``huggingface_hub.ModelCardData``): library, tags, pipeline tag and, where the data says it, license."""
 
 from __future__ import annotations
 
@@ -31,6 +32,26 @@ def _provenance(provenance: dict[str, Any]) -> list[str]:
     return [f"Trained with madkit (run `{provenance.get('run')}`, step {provenance.get('step')}); EMA weights."]
 
 
+# the license of data madkit ships or names: weights trained on it carry it
+_DATA_LICENSES = {"openmoji": "cc-by-sa-4.0"}
+
+
+def hub_metadata(spec: dict[str, Any], experiment) -> str:
+    """The ``---``-fenced YAML block the hub reads (``huggingface_hub.ModelCardData``)."""
+    from huggingface_hub import ModelCardData
+
+    model_kind, data_kind = spec.get("model", {}).get("kind"), spec.get("data", {}).get("kind")
+    conditional = experiment.num_classes > 0 and spec.get("model", {}).get("conditioning") == "class"
+    data = ModelCardData(
+        library_name="madkit",
+        license=_DATA_LICENSES.get(data_kind),
+        tags=["madkit", str(model_kind), "diffusion", "autoregressive", "image-generation",
+              "class-conditional" if conditional else "unconditional"],
+        pipeline_tag=None if conditional else "unconditional-image-generation",
+    )
+    return f"---\n{data.to_yaml()}\n---\n"
+
+
 def model_card(
     spec: dict[str, Any],
     experiment,
@@ -43,6 +64,7 @@ def model_card(
     name = spec.get("name", "model")
     model, sampler = spec.get("model", {}), spec.get("sampler", {})
     lines = [
+        hub_metadata(spec, experiment),
         f"# {name}",
         "",
         f"A `{model.get('kind')}` model exported by madkit: EMA weights and the resolved spec.",
