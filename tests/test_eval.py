@@ -92,19 +92,22 @@ def test_an_up_to_date_record_is_reused_and_force_recomputes_it(run_dir, unshard
     assert path.stat().st_mtime_ns != before and record(run_dir)["generated_hash"] == unsharded["generated_hash"]
 
 
-def test_an_export_evaluates_and_sweeps_to_the_same_images(run_dir, unsharded, tmp_path, capsys):
+def test_an_export_evaluates_and_sweeps_to_the_same_images(run_dir, unsharded, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     export = tmp_path / "export"
     assert main(["export", str(run_dir), "--out", str(export)]) == 0
     card = (export / "README.md").read_text()
     assert f"| fid | {unsharded['fid']:.4f} | {unsharded['extractor']} | ddim | 2 | 8 |" in card
     assert evaluate(export) == 0
-    exported = record(export)  # the export keeps its own eval/, named after the step it came from
+    outputs = tmp_path / "runs" / "exports" / "export"  # never inside the export (it may be a hub snapshot)
+    assert not (export / "eval").exists()
+    exported = record(outputs)  # named after the step the export came from
     assert exported["generated_hash"] == unsharded["generated_hash"]
     assert exported["fid"] == pytest.approx(unsharded["fid"], rel=1e-6)
     assert exported["checkpoint"] == {"path": str(export), "step": 3, "weights": "ema"}
     capsys.readouterr()
     assert main(["sweep", str(export), "--steps", "2", "--num", "8", "--batch", "4"]) == 0
-    assert "up to date" in capsys.readouterr().err and (export / "eval" / "sweep.csv").is_file()
+    assert "up to date" in capsys.readouterr().err and (outputs / "eval" / "sweep.csv").is_file()
 
 
 def test_statistics_of_the_run_data_give_the_same_fid(run_dir, unsharded, tmp_path):

@@ -5,6 +5,7 @@ refusals that say what to do."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +34,8 @@ def test_weights_carry_their_spec_provenance_and_format_version(tmp_path):
     assert all(torch.equal(loaded[k], weights[k]) for k in weights)
     assert export_format.is_export(out) and (out / export_format.SPEC_FILE).read_text().startswith('name = "x"')
     source = resolve_weights(out)
-    assert (source.kind, source.step, source.home, source.label) == ("export", 7, out, "export")
+    assert (source.kind, source.step, source.label) == ("export", 7, "export")
+    assert source.home == Path("runs") / "exports" / out.name  # outputs never go into the export itself
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())  # the temp folder is gone
 
 

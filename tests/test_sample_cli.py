@@ -78,7 +78,8 @@ def test_default_folders_name_every_setting_that_changes_pixels(run_dir):
     assert "00000002-ddim-2-g1-ema-s3" in names and "00000002-ddim-2-g1-raw-s3" in names
 
 
-def test_an_export_is_the_ema_weights_plus_a_few_kb_and_samples_the_same_pngs(run_dir, tmp_path):
+def test_an_export_is_the_ema_weights_plus_a_few_kb_and_samples_the_same_pngs(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     export = tmp_path / "export"
     assert main(["export", str(run_dir), "--out", str(export)]) == 0
     assert sorted(p.name for p in export.iterdir()) == ["README.md", "config.resolved.toml", "model.safetensors"]
@@ -87,8 +88,10 @@ def test_an_export_is_the_ema_weights_plus_a_few_kb_and_samples_the_same_pngs(ru
     assert 0 < extra <= 8192, f"{extra} bytes beyond the EMA weights"
     args = ["--num", "3", "--steps", "2", "--seed", "4"]
     assert main(["sample", str(run_dir), *args, "--out", str(tmp_path / "from-run")]) == 0
-    assert main(["sample", str(export), *args]) == 0  # default folder: inside the export
-    from_run, from_export = _pixels(tmp_path / "from-run"), _pixels(export / "samples" / "export-ddim-2-g1-ema-s4")
+    assert main(["sample", str(export), *args]) == 0  # default folder: runs/exports/<name>, never the export
+    outputs = tmp_path / "runs" / "exports" / "export" / "samples" / "export-ddim-2-g1-ema-s4"
+    from_run, from_export = _pixels(tmp_path / "from-run"), _pixels(outputs)
+    assert sorted(p.name for p in export.iterdir()) == ["README.md", "config.resolved.toml", "model.safetensors"]
     assert sorted(from_run) == sorted(from_export) and len(from_run) == 3
     assert all(np.array_equal(from_run[name], from_export[name]) for name in from_run)
     assert main(["sample", str(export), "--raw", *args]) == 2  # an export holds only the EMA weights: a flag mistake

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
+from madkit.engine.checkpoints.export_format import is_export
 from madkit.errors import UserError
 
 LOCK_FILE = ".lock"
@@ -142,6 +143,8 @@ def run_folder_of(path: str | Path) -> Path | None:
     path = Path(path)
     if path.parent.name == "checkpoints" and path.name.isdigit():
         return path.parent.parent
+    if is_export(path):  # an export holds a config.resolved.toml too, but nothing trains into it
+        return None
     if (path / "checkpoints").is_dir() or (path / "config.resolved.toml").is_file():
         return path
     return None

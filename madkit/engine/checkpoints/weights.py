@@ -6,7 +6,7 @@ rebuilds the experiment from the spec stored with the weights and loads them. ``
 
     run folder         RUN/checkpoints/<latest step>/ (EMA or raw weights); outputs under RUN/
     checkpoint folder  RUN/checkpoints/<step>/; outputs under RUN/ (a loose one: under itself)
-    export folder      ``madkit export`` output (EMA weights only); outputs under the folder itself
+    export folder      ``madkit export`` output (EMA weights only); outputs under runs/exports/<its name>
 """
 
 from __future__ import annotations
@@ -40,10 +40,23 @@ def resolve_weights(path: str | Path) -> WeightsSource:
     """The weights ``path`` names: an export folder, a checkpoint folder or a run folder's latest checkpoint."""
     path = Path(path)
     if export.is_export(path):
-        return WeightsSource(path, "export", export.read_export(path).step, path, "export")
+        return WeightsSource(path, "export", export.read_export(path).step, export_outputs(path), "export")
     ckpt = loading.resolve_checkpoint(path)
     home = ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else ckpt
     return WeightsSource(ckpt, "checkpoint", int(ckpt.name) if ckpt.name.isdigit() else 0, home, ckpt.name)
+
+
+EXPORT_OUTPUTS = Path("runs") / "exports"
+
+
+def export_outputs(folder: Path) -> Path:
+    """Where samples and evaluations of an export go: ``runs/exports/<name>`` under the working folder,
+    never the export itself (it may be a read-only hub snapshot, and it is what gets shared). A hub
+    snapshot (``models--owner--name/snapshots/<revision>``) is named after its repository."""
+    folder = Path(folder).resolve()
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return EXPORT_OUTPUTS / folder.parent.parent.name.removeprefix("models--")
+    return EXPORT_OUTPUTS / folder.name
 
 
 def load_for_inference(
