@@ -91,7 +91,7 @@ def test_batch_that_does_not_split_and_unknown_sinks_are_spec_errors(tmp_path, r
     assert madkit("run", str(spec), "--out", str(tmp_path / "run")) == 2
     err = capsys.readouterr().err
     assert "train.micro_batch: global batch 6 is not a multiple of micro_batch 4" in err
-    assert "log.sinks[0]: unknown sink kind 'tensorbord'" in err
+    assert "log.sinks[0].kind: unknown sink kind 'tensorbord'" in err
     assert not (tmp_path / "run").exists()
 
 

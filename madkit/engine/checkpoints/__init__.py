@@ -4,6 +4,7 @@
     loading.py     state, spec, weights, shapes, fit     sharded.py   the torch.distributed.checkpoint layout
     verify.py      damage checks, choosing, set-aside    weights.py   what sampling loads (checkpoint or export)
     export_format.py  reading an export folder           run_folder.py / run_lock.py / disk_space.py
+    read_lease.py  readers' leases that pruning respects   output_folder.py  sample folders that never mix
 """
 
 from madkit.engine.checkpoints.layout import (  # noqa: F401

@@ -2,4 +2,5 @@
 
     runner.py    study.toml, training the runs that are missing, evaluating the points
     results.py   mean and spread over seeds -> study.csv, study.png, verdict.md
+    cost.py      FLOPs and accelerator-hours before anything runs (madkit study --cost)
 """

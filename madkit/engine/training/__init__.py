@@ -11,5 +11,5 @@
     model_setup.py     the loss module, activation checkpointing, compiling blocks
     reporting.py       metrics.jsonl, sinks, progress     console_log.py  RUN/train.log
     sample_grids.py    fixed-noise sample grids during training
-    threads.py         how many CPU threads a process uses (train.threads, --threads)
+(how many CPU threads a process uses, train.threads and --threads, is madkit/threads.py: every command uses it)
 """
