@@ -83,7 +83,7 @@ def add_parser(sub) -> None:
 
 
 def build_request(args):
-    """The parsed shared options as an ``engine.sweep.Request``; bad values are a UsageError."""
+    """The parsed shared options as an ``evaluation.points.Request``; bad values are a UsageError."""
     from madkit.engine.evaluation.points import Request
 
     if args.num < 2:
