@@ -216,12 +216,14 @@ def run(args) -> int:
             else:
                 loaded = load_run(args.run_dir, registry, request.use_ema, env.device)
                 record = evaluate_point(evaluator, loaded, args.steps, env, name=args.name, force=args.force, shard=shard)
-                if record is None or not env.is_main:
-                    return 0
-                report(record, loaded)  # the run's sinks (event files in the run folder) too, under the lock
-                print(f"wrote {loaded.run_dir / 'eval' / (record['name'] + '.json')}")
+                if record is not None and env.is_main:
+                    report(record, loaded)  # the run's sinks (event files in the run folder) too, under the lock
+                    print(f"wrote {loaded.run_dir / 'eval' / (record['name'] + '.json')}")
         if env.is_main and (note := sample_size_note(request.num)):
             print(note)
+        # every rank leaves together: a rank that tore its process group down while rank 0 was still
+        # merging the shards was seen to abort in gloo (SIGABRT, "terminate called") on a loaded machine
+        distributed.barrier(env)
         return 0
     except GuidanceError as exc:
         raise UsageError(f"--guidance: {exc}") from None
