@@ -33,7 +33,7 @@ from madkit.engine.packaging.hub import push_folder, resolve_pretrained
 from madkit.experiment_spec import LoadedSpec, load_spec
 from madkit.generation import to_uint8_hwc
 from madkit.registry import Registry
-from madkit.threads import apply_threads
+from madkit.threads import apply_threads, count_problem
 
 SpecSource = str | Path | Mapping[str, Any] | LoadedSpec
 OUTPUTS = ("pil", "tensor", "uint8")
@@ -112,8 +112,8 @@ class Pipeline:
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
         if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
-                raise ValueError(f"threads must be a positive int, got {threads!r}")
+            if problem := count_problem(threads):
+                raise ValueError(f"threads {problem}")
             apply_threads(threads, "threads=")
         registry = registry or Registry.load()
         local = resolve_pretrained(source, revision=revision, cache_dir=cache_dir)

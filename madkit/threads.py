@@ -53,6 +53,13 @@ def physical_cores(cpus: list[int] | None = None, sysfs: Path = Path("/sys/devic
     return max(1, len(cores))
 
 
+def count_problem(value: object) -> str | None:
+    """Why ``value`` is not an explicit thread count (--threads, threads=), or None when it is one."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_THREADS:
+        return f"must be a positive thread count (at most {MAX_THREADS}), got {value!r}"
+    return None
+
+
 def choose_threads(requested: int | None, flag: str = "--threads") -> tuple[int, str]:
     """(threads, why) under the rule above; ``flag`` names where an explicit count came from."""
     if requested is not None and not 0 <= requested <= MAX_THREADS:

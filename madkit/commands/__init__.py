@@ -58,8 +58,14 @@ def add_threads_arg(p) -> None:
 
 def apply_threads_arg(args) -> str:
     """Apply ``--threads`` (or the rule's default) to this process; returns the banner text."""
-    from madkit.threads import MAX_THREADS, apply_threads
+    from madkit.threads import apply_threads
 
-    if args.threads is not None and not 0 < args.threads <= MAX_THREADS:
-        raise UsageError(f"--threads must be a positive thread count (at most {MAX_THREADS}), got {args.threads}")
+    check_threads_arg(args.threads)
     return apply_threads(args.threads)
+
+
+def check_threads_arg(threads: int | None) -> None:
+    from madkit.threads import count_problem
+
+    if threads is not None and (problem := count_problem(threads)):
+        raise UsageError(f"--threads {problem}")

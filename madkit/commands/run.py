@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from madkit.commands import UsageError, add_spec_args
+from madkit.commands import UsageError, add_spec_args, check_threads_arg
 
 
 def add_parser(sub) -> None:
@@ -49,8 +49,7 @@ def run(args) -> int:
     from madkit.registry import Registry
 
     if args.threads is not None:
-        if args.threads <= 0:
-            raise UsageError(f"--threads must be a positive thread count, got {args.threads}")
+        check_threads_arg(args.threads)
         args.sets.append(f"train.threads={args.threads}")
     registry = Registry.load()
     loaded = load_spec(args.spec, args.sets, registry)

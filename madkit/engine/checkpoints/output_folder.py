@@ -31,7 +31,7 @@ def claim_output_folder(out: Path, made_by: dict[str, Any], overwrite: bool = Fa
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"--out {out}: a file of that name exists; choose another --out")
     record = out / RECORD
-    present = [p for p in out.iterdir()] if out.is_dir() else []
+    present = list(out.iterdir()) if out.is_dir() else []
     if present:
         earlier = _read(record)
         if earlier != made_by:
