@@ -76,6 +76,29 @@ def test_wsd_matches_the_paper_formula():
     assert s.lr(925) == pytest.approx(0.5 ** (6 * 75 / 150))
 
 
+@pytest.mark.parametrize("kind", ["wsd", "cosine", "constant"])
+def test_torch_lambda_lr_sets_the_schedules_lr_at_every_step_and_after_a_resume(kind):
+    cfg = TrainConfig(steps=40, lr=2e-3, lr_schedule=kind, warmup=0.1, decay_start=0.5)
+    schedule = LRSchedule.from_config(cfg)
+    model = nn.Linear(2, 2)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = schedule.lr_scheduler(optimizer, 0)
+    seen = []
+    for _ in range(25):
+        seen += [g["lr"] for g in optimizer.param_groups]
+        optimizer.step()
+        scheduler.step()
+    resumed = build_optimizer(model, cfg)
+    resumed.load_state_dict(optimizer.state_dict())  # its groups hold the last lr, not the base
+    scheduler = schedule.lr_scheduler(resumed, 25)
+    for _ in range(25, 40):
+        seen += [g["lr"] for g in resumed.param_groups]
+        resumed.step()
+        scheduler.step()
+    groups = len(optimizer.param_groups)
+    assert seen == [schedule.lr(step) for step in range(40) for _ in range(groups)]
+
+
 # --------------------------------------------------------------------------- weight decay
 class _Mixed(nn.Module):
     def __init__(self):
@@ -157,6 +180,26 @@ def test_ema_update_is_an_fp32_lerp_of_the_live_weights():
     ema.update(model)
     expected = 0.75 * before + 0.25 * model.weight.float()
     torch.testing.assert_close(ema.module.weight, expected)
+
+
+@pytest.mark.parametrize("warmup", [0, 30])
+def test_ema_equals_the_written_out_average_bit_for_bit(warmup):
+    """torch's AveragedModel holds madkit's EMA: the same floats as the formula applied by hand."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Linear(7, 3))
+    ema = EMA(model, decay=0.97, warmup=warmup)
+    by_hand = [p.detach().clone() for p in model.parameters()]
+    for step in range(1, 61):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        decay = ema.update(model)
+        assert decay == ema.decay_at(step)
+        by_hand = [torch.lerp(a, p.detach(), 1.0 - decay)
+                   for a, p in zip(by_hand, model.parameters())]
+    for mine, theirs in zip(ema.module.parameters(), by_hand):
+        assert torch.equal(mine, theirs)
+    assert ema.updates == 60 and list(ema.state_dict()) == list(model.state_dict())
 
 
 @given(decay=st.floats(0.5, 0.99999), warmup=st.integers(1, 10_000), s=st.integers(1, 100_000))

@@ -11,6 +11,12 @@ step s and reaches the full horizon at s = W:
     decay(s) = min(decay, max(0, 1 - W * (1 - decay) / s))
 
 (decay 0, i.e. a plain copy, while s <= W * (1 - decay)). W = 0 uses ``decay`` from the first step.
+
+torch's ``AveragedModel`` holds the copy and walks the parameter pairs; madkit gives it the update
+(``multi_avg_fn``) because torch's EMA helper has a fixed decay, and counts updates itself so that
+the decay of each step is known without reading a device tensor (a GPU sync per step). The averaged
+model is seeded with one update (a copy of the model as it starts), which is what the average
+holds before training: torch's first update would otherwise replace it by the weights after step 1.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 
 class EMA:
@@ -28,9 +35,12 @@ class EMA:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be within [0, 1], got {decay}")
         self.decay, self.warmup = float(decay), int(warmup)
-        self.module = copy.deepcopy(model).to(torch.float32).eval()
+        self._averaged = AveragedModel(copy.deepcopy(model).to(torch.float32), multi_avg_fn=self._move)
+        self._averaged.update_parameters(self._averaged.module)  # the seed: a copy, no averaging
+        self.module = self._averaged.module.eval()
         self.module.requires_grad_(False)
         self.updates = 0
+        self._decay_now = self.decay
 
     def decay_at(self, updates: int) -> float:
         """The decay used for update number ``updates`` (1-based)."""
@@ -38,24 +48,26 @@ class EMA:
             return self.decay
         return min(self.decay, max(0.0, 1.0 - self.warmup * (1.0 - self.decay) / max(1, updates)))
 
+    def _move(self, averaged: list[torch.Tensor], live: list[torch.Tensor], _count: torch.Tensor) -> None:
+        # ema <- ema + (1 - decay) * (live - ema), one fused kernel per dtype/device group
+        live = [p if p.dtype == torch.float32 else p.float() for p in live]
+        torch._foreach_lerp_(averaged, live, 1.0 - self._decay_now)
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> float:
         """Move the average towards ``model`` (the unwrapped one); returns the decay used."""
-        self.updates += 1
-        decay = self.decay_at(self.updates)
-        ema_params = [p for p in self.module.parameters()]
-        live = [p.detach() for p in model.parameters()]
-        if len(ema_params) != len(live):
+        n_ema, n_live = sum(1 for _ in self.module.parameters()), sum(1 for _ in model.parameters())
+        if n_ema != n_live:
             raise ValueError(
-                f"EMA holds {len(ema_params)} parameters but the model has {len(live)}; "
+                f"EMA holds {n_ema} parameters but the model has {n_live}; "
                 "the EMA must be made from the model it tracks"
             )
-        live = [p if p.dtype == torch.float32 else p.float() for p in live]
-        # ema <- ema + (1 - decay) * (live - ema), one fused kernel per dtype/device group
-        torch._foreach_lerp_(ema_params, live, 1.0 - decay)
+        self.updates += 1
+        self._decay_now = self.decay_at(self.updates)
+        self._averaged.update_parameters(model)
         for ema_buf, buf in zip(self.module.buffers(), model.buffers()):
             ema_buf.copy_(buf)
-        return decay
+        return self._decay_now
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

@@ -199,13 +199,15 @@ class Trainer(TrainerSetup, ResumeChoice, CheckpointSaving):
         cfg, data = self.cfg, self.data_stream
         interval: dict[str, torch.Tensor] = {}
         interval_steps, tick, paused, record = 0, time.perf_counter(), 0.0, {}
+        lr_scheduler = self.lr_schedule.lr_scheduler(self.optimizer, self.step)
         while self.step < end:
-            lr = self.lr_schedule.apply(self.optimizer, self.step)
+            lr = lr_scheduler.get_last_lr()[0]
             terms = self._forward_backward(data)
             grad_norm = self._clip()
             self.guard.after_step(self.step + 1, terms, grad_norm)  # raises before a bad step is applied
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 self.ema.update(self.model)

@@ -7,7 +7,9 @@ So only the ``weight`` of linear and convolution layers decays; a model can wide
 with ``no_weight_decay() -> set of parameter names`` (the timm convention).
 
 Schedules are pure functions of the optimizer step, so resuming needs only the step; the state we
-store in checkpoints is there to say what was used, not to restore anything.
+store in checkpoints is there to say what was used, not to restore anything. torch's ``LambdaLR``
+applies them to the optimizer (``lr_scheduler``): torch has no warmup-stable-decay with madkit's
+halving decay, so the factor itself stays here, as a function of the step.
 """
 
 from __future__ import annotations
@@ -163,12 +165,20 @@ class LRSchedule:
     def lr(self, step: int) -> float:
         return self.base_lr * self.factor(step)
 
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every group's lr for ``step``; returns it."""
-        lr = self.lr(step)
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, step: int) -> torch.optim.lr_scheduler.LambdaLR:
+        """A ``LambdaLR`` that has set every group's lr for ``step`` (the next step to take); call its
+        ``step()`` after each optimizer step.
+
+        ``initial_lr`` comes from the spec, not from a loaded optimizer state (whose groups hold the
+        last lr used), and leaves the groups once the scheduler has read it into ``base_lrs``: the
+        optimizer state a checkpoint stores keeps the keys it always had, so sharded checkpoints
+        written before (or by a run that never built a scheduler) still load key for key."""
         for group in optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+            group["initial_lr"] = self.base_lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor, last_epoch=step - 1)
+        for group in optimizer.param_groups:
+            del group["initial_lr"]
+        return scheduler
 
     def state_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
