@@ -224,3 +224,28 @@ def test_a_full_disk_while_writing_the_record_is_one_line_and_leaves_no_partial_
     assert len(err) == 1 and err[0].startswith("madkit eval: disk full writing") and "nothing older" in err[0], err
     assert not (run_dir / "eval" / "full-disk.json").exists()
     assert not [p for p in (run_dir / "eval").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_proxy_fid_without_held_out_images_says_it_has_no_floor(run_dir, unsharded, capsys):
+    assert unsharded["floor"] == {"values": None, "why": "the data has no held-out split (OpenMoji: set data.holdout = 4)"}
+    assert evaluate(run_dir) == 0
+    assert "(no floor: the data has no held-out split" in capsys.readouterr().out
+
+
+def test_a_proxy_fid_prints_the_held_out_real_images_floor_beside_it(tmp_path, capsys):
+    import attrs
+
+    from madkit.engine.evaluation.evaluate import compute_metrics, data_images
+    from madkit.engine.evaluation.points import load_run
+
+    held = train_tiny(tmp_path / "held", "data.holdout=4")
+    assert evaluate(held) == 0
+    out = capsys.readouterr().out
+    floor = record(held)["floor"]
+    assert floor["num_real"] == 16 and floor["values"]["fid"] >= 0  # every 4th of the 64 emoji
+    assert f"(floor {floor['values']['fid']:.4g}: 16 held-out real images vs the training images)" in out
+    # the same figure computed directly: the held-out split's images against the training split's
+    data = load_run(held, Registry.load(), True, "cpu").data
+    direct = compute_metrics(data_images(attrs.evolve(data, split="heldout")), data, ["fid"],
+                             record(held)["extractor_config"], data=data)
+    assert direct["fid"] == pytest.approx(floor["values"]["fid"], rel=1e-6)

@@ -134,12 +134,13 @@ def check_kinds(registry, request) -> None:
 
 def print_record(record) -> None:
     """One line: every value with its spread, the extractor, and both sample counts."""
+    from madkit.engine.evaluation.caveats import describe_floor
     from madkit.engine.evaluation.spread import describe
 
     sampling, reference = record["sampling"], record.get("reference") or {}
     print(f"step {record['checkpoint']['step']}: {describe(record['metric_values'])} ({record['extractor']}; "
           f"{sampling['num']} generated vs {reference.get('num', '?')} reference images; {sampling['sampler']} "
-          f"{sampling['steps']} steps, {record['checkpoint']['weights']} weights)")
+          f"{sampling['steps']} steps, {record['checkpoint']['weights']} weights){describe_floor(record.get('floor'))}")
 
 
 def print_summary(summary) -> None:
@@ -172,7 +173,8 @@ def run(args) -> int:
     apply_threads_arg(args)
     from madkit.engine import distributed
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
-    from madkit.engine.evaluation.points import Evaluator, load_run, sample_size_note
+    from madkit.engine.evaluation.caveats import sample_size_note
+    from madkit.engine.evaluation.points import Evaluator, load_run
     from madkit.engine.evaluation.protocol import evaluate_checkpoints, select_checkpoints
     from madkit.engine.evaluation.ranks import evaluate_point
     from madkit.engine.training.reporting import log_eval_record

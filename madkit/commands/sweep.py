@@ -57,7 +57,8 @@ def run(args) -> int:
     apply_threads_arg(args)
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.engine.distributed import resolve_device
-    from madkit.engine.evaluation.points import Evaluator, sample_size_note
+    from madkit.engine.evaluation.caveats import sample_size_note
+    from madkit.engine.evaluation.points import Evaluator
     from madkit.engine.evaluation.spread import with_spread
     from madkit.engine.evaluation.sweep import plot_sweep, run_sweep, write_csv
     from madkit.generation import GuidanceError

@@ -11,6 +11,11 @@ dies, even by SIGKILL, never blocks the next run. Processes forked by the holder
 close their inherited copy at once (``os.register_at_fork``), so an orphaned worker cannot keep a
 dead run's lock alive. The lock file stays in place (deleting it would let two processes lock two
 different files); it holds the exclusive holder's pid, host and command, for the refusal message.
+
+Why not the ``filelock`` package: its ``FileLock`` is exclusive only, and side writers need a shared
+mode; its ``ReadWriteLock`` keeps the lock in an SQLite transaction, whose locking SQLite itself
+calls unreliable on the network filesystems where clusters keep runs, and it needs the folder to
+support hard links. ``flock`` is POSIX-only (madkit trains on Linux and macOS) and works on NFSv4.
 """
 
 from __future__ import annotations

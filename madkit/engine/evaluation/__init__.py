@@ -7,5 +7,6 @@
     sweep.py      runs x step counts or a FLOPs budget -> sweep.csv, sweep.png (madkit sweep)
     protocol.py   the paper's protocol: the last K checkpoints, mean and spread
     spread.py     standard deviations, their display, significance of differences
+    caveats.py    what a figure is read beside: the sample-size note, the data's floor (proxy FIDs)
     report.py     a run's HTML report (madkit report)
 """

@@ -35,6 +35,7 @@ from madkit.engine.evaluation.evaluate import (
     to_uint8,
     with_proxy_data,
 )
+from madkit.engine.evaluation.caveats import describe_floor, measure_floor
 from madkit.engine.evaluation.records import COST_KEYS, EVAL_DIR
 from madkit.errors import ConfigError, UserError
 from madkit.experiment_spec import structure_spec
@@ -42,22 +43,6 @@ from madkit.generation import check_guidance, generate_images, shard_indices
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
 from madkit.registry import Registry
 from madkit.validators import folder_name_problem
-
-# Below this many images FID's upward bias (it shrinks like 1/N) and its noise dominate differences
-# between models; 2,048 is also the Inception feature width, below which the covariance is singular.
-RELIABLE_NUM = 2048
-
-
-def sample_size_note(num: int) -> str | None:
-    """A warning for FID-style figures from too few images, or None."""
-    if num >= RELIABLE_NUM:
-        return None
-    return (
-        f"note: {num} images is a small sample: FID is biased upward and noisy at this size (it falls as the "
-        f"count grows), so compare only figures measured with the same count; use --num {RELIABLE_NUM} or more "
-        "(the paper's protocol: 8,000) for figures to quote"
-    )
-
 
 def _log(message: str) -> None:
     print(f"madkit: {message}", file=sys.stderr)
@@ -170,6 +155,7 @@ class Evaluator:
         )
         self._extractors: dict[str, Any] = {}
         self._references: dict[str, tuple[FeatureSet, dict[str, Any]]] = {}
+        self._floors: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ parts
     def extractor_table(self, run: LoadedRun) -> dict[str, Any]:
@@ -288,6 +274,7 @@ class Evaluator:
                 return None
         generated, seconds = _combine(parts, req.num, extractor.name, f"{req.num} images from {run.checkpoint}")
         reference, reference_record = self.reference(run, extractor)
+        floor = self.floor(run, extractor, reference) if table.get("kind") == "proxy" else None
         values: dict[str, float] = {}
         for metric in self.metrics:
             values.update(metric.compute(generated, reference if metric.needs_reference else None))
@@ -309,6 +296,7 @@ class Evaluator:
             "shards": k,
             "generated_hash": generated.content_hash,
             "reference": reference_record,
+            "floor": floor,
             "extractor_config": table,
             "madkit_version": madkit.__version__,
             "torch_version": str(torch.__version__),
@@ -317,8 +305,15 @@ class Evaluator:
         }
         atomic_write(out, (json.dumps(record, indent=2) + "\n").encode())
         self.log(f"{out}: " + ", ".join(f"{key} {value:.4g}" for key, value in values.items())
-                 + f" ({extractor.name})")
+                 + f" ({extractor.name}){describe_floor(floor)}")
         return record
+
+    def floor(self, run: LoadedRun, extractor, reference: FeatureSet) -> dict[str, Any] | None:
+        """What held-out real images score against the run's own data (floor.py); None for another reference."""
+        key = json.dumps([self._data_key(run.data), extractor.name], sort_keys=True, default=str)
+        if self.request.reference is None and key not in self._floors:  # memoised: a sweep measures it once
+            self._floors[key] = measure_floor(run.data, reference, extractor, self.metrics, self.request.batch)
+        return self._floors.get(key)
 
     def _check_statistics(self, reference: FeatureSet) -> None:
         needing = [m.name for m in self.metrics if m.needs_reference_features]
