@@ -6,6 +6,7 @@
         def valid_cases(self): ...  # a hypothesis strategy of PartitionCase(grid, config)
 """
 
+from madkit.testing.data import CodecContract, DataSourceContract  # noqa: F401
 from madkit.testing.diffusion import ScheduleContract, exact_gaussian_denoiser  # noqa: F401
 from madkit.testing.partitioner import (  # noqa: F401
     InvalidPartitionCase,
