@@ -24,10 +24,12 @@ import importlib
 import sys
 
 import madkit
+from madkit import logs
 from madkit.commands import COMMAND_MODULES
 from madkit.errors import UserError
 
 USER_ERROR, FAILURE = 2, 1
+VERBOSITY_FLAGS = {"-q": -1, "--quiet": -1, "-v": 1, "--verbose": 1}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -35,7 +37,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         prog="madkit",
         description="Mixed autoregressive and diffusion generation.",
         epilog="A mistake you can fix exits 2 with one line that says how; anything else exits 1. "
-        "--debug anywhere on a command line prints the traceback instead.",
+        "--debug anywhere on a command line prints the traceback instead. -q (warnings only) and -v (debug), "
+        "anywhere on the line, set how much madkit says on the console (or MADKIT_VERBOSITY=debug|info|warning|error); "
+        "results and errors are always shown, and a run's train.log keeps every note.",
     )
     parser.add_argument("--version", action="version", version=f"madkit {madkit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -52,9 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    shift = 0
+    for flag, step in VERBOSITY_FLAGS.items():
+        while flag in argv:
+            argv.remove(flag)
+            shift += step
     parser, modules = build_parser()
     args = parser.parse_args(argv)  # --help and --version exit here, before anything imports torch
     args.debug = debug
+    try:
+        logs.configure_for_cli(shift)
+    except ValueError as exc:
+        print(f"madkit {args.command}: {exc}", file=sys.stderr)
+        return USER_ERROR
     try:
         return modules[args.command.replace("-", "_")].run(args)
     except Exception as exc:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import sys
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import Any
@@ -32,6 +31,9 @@ import pluggy
 from madkit import hookspecs
 from madkit.errors import UserError
 from madkit.interfaces import INTERFACES
+from madkit.logs import get_logger
+
+logger = get_logger(__name__)
 
 ENTRY_POINT_GROUP = "madkit.plugins"
 
@@ -136,7 +138,7 @@ class Registry:
             for skipped in registry.skipped:
                 if skipped.line() not in _REPORTED:  # once per process, not once per Registry.load()
                     _REPORTED.add(skipped.line())
-                    print(f"madkit: {skipped.line()}", file=sys.stderr)
+                    logger.warning(skipped.line())
         return registry
 
     def load_entry_points(self, names: set[str] | None = None, disabled: set[str] = frozenset()) -> None:

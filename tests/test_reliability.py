@@ -99,7 +99,7 @@ def test_from_step_sets_newer_checkpoints_aside(tmp_path, registry, capsys):
     assert steps_of(out) == [2, 4, 6]  # trained again from 2
     (aside,) = (out / "set-aside").iterdir()
     assert aside.name.endswith("after-step-2") and sorted(p.name for p in aside.iterdir()) == ["00000004", "00000006"]
-    assert "moved checkpoint(s) 00000004, 00000006" in capsys.readouterr().out
+    assert "moved checkpoint(s) 00000004, 00000006" in capsys.readouterr().err
     assert madkit("run", spec, "--out", out, "--from", 3) == 2
     (line,) = err_lines(capsys)
     assert f"--from 3: {out} has no checkpoint of step 3 (its checkpoints: 2, 4, 6)" in line
@@ -110,7 +110,7 @@ def test_warn_keeps_training_and_pruning_keeps_the_newest_healthy_checkpoint(tmp
                             log={"sinks": []})
     out = tmp_path / "run"
     assert madkit("run", spec, "--out", out) == 0
-    assert "warning: training looks unhealthy" in capsys.readouterr().out
+    assert "warning: training looks unhealthy" in capsys.readouterr().err
     records = {step: recorded_health(folder) for step, folder in ckpt.list_checkpoints(out)}
     assert len(records) == 2 and not records[40]["passed"]  # keep_ckpts = 1, plus the healthy one
     (healthy,) = [step for step, r in records.items() if r["passed"]]

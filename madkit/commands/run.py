@@ -7,10 +7,12 @@ Under ``torchrun --nproc_per_node=K -m madkit run SPEC`` it trains with DDP; onl
 """
 
 import os
-import sys
 from pathlib import Path
 
 from madkit.commands import UsageError, add_spec_args, check_threads_arg
+from madkit.logs import get_logger
+
+logger = get_logger(__name__)
 
 
 def add_parser(sub) -> None:
@@ -55,7 +57,7 @@ def run(args) -> int:
     loaded = load_spec(args.spec, args.sets, registry)
     if int(os.environ.get("RANK", "0")) == 0:
         for note in loaded.notes:
-            print(f"note: {note}", file=sys.stderr)
+            logger.info(f"note: {note}")
     if args.stop_after is not None and args.stop_after <= 0:
         raise UsageError(f"--stop-after must be a positive step count, got {args.stop_after}")
     if args.from_step is not None and args.from_step < 0:

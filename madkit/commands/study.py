@@ -8,10 +8,12 @@ records already written are reused.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from madkit.commands import UsageError, add_assignments_arg, add_threads_arg, apply_threads_arg
+from madkit.logs import get_logger
+
+logger = get_logger(__name__)
 
 
 def parse_ints(text: str | None, flag: str, positive: bool = False) -> list[int] | None:
@@ -66,7 +68,7 @@ def run(args) -> int:
     from madkit.registry import Registry
 
     def log(message: str) -> None:
-        print(f"madkit: {message}", file=sys.stderr, flush=True)
+        logger.info(message)
 
     if under_torchrun():
         raise UsageError("a study runs in one process; under torchrun train or evaluate its runs one by one "

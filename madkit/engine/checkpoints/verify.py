@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,9 @@ from madkit.engine.checkpoints.layout import (
     is_sharded,
     list_checkpoints,
 )
+from madkit.logs import get_logger
+
+logger = get_logger(__name__)
 
 SET_ASIDE = "set-aside"  # RUN/set-aside/<time>-<why>/<step>: checkpoints a run stopped trusting
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
@@ -187,7 +189,7 @@ def warn_skipped(skipped: list[tuple[Path, str]], chosen: Path | None) -> None:
     """Tell the user, on stderr, which checkpoints were passed over and which one is used instead."""
     for folder, why in skipped:
         instead = f"using {chosen} instead" if chosen else "no older checkpoint verifies"
-        print(f"madkit: skipping checkpoint {folder}: {why}; {instead}", file=sys.stderr)
+        logger.warning(f"skipping checkpoint {folder}: {why}; {instead}")
 
 
 def choose_checkpoint(path: str | Path) -> Path:

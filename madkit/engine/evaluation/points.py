@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import pickle
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,11 +40,14 @@ from madkit.errors import ConfigError, UserError
 from madkit.experiment_spec import structure_spec
 from madkit.generation import check_guidance, generate_images, shard_indices
 from madkit.interfaces import FeatureSet, GenerativeModel, Sampler
+from madkit.logs import get_logger
 from madkit.registry import Registry
 from madkit.validators import folder_name_problem
 
+logger = get_logger(__name__)
+
 def _log(message: str) -> None:
-    print(f"madkit: {message}", file=sys.stderr)
+    logger.info(message)
 
 
 # --------------------------------------------------------------------------- what is evaluated

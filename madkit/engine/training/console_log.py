@@ -1,107 +1,86 @@
-"""``RUN/train.log``: a copy of what a run showed on the console.
+"""``RUN/train.log``: every note and report line of a run, through a logging handler.
 
-``console_log(enabled)`` wraps ``sys.stdout`` and ``sys.stderr`` for the duration of a run. What is
-written before the run folder exists (it is created only once every input has been checked) waits
-in memory; ``attach(path)`` then appends it and everything after to the file. Progress-bar redraws
-(carriage returns) are reduced to what the terminal finally shows on that line, so the file holds
-lines, not thousands of bar states. An error that ends the run is appended before it propagates.
+``console_log(enabled)`` adds a handler to the ``madkit`` logger (and to ``py.warnings``, with
+warnings captured) for the duration of a run. What is logged before the run folder exists (it is
+created only once every input has been checked) waits in a ``MemoryHandler``; ``attach(path)`` then
+writes it and everything after to the file, appending (a resumed run continues the same file). The
+file keeps info and up whatever the console's verbosity (``-q`` quiets the terminal, not the record);
+progress bars are drawn on the terminal only. An error that ends the run is written before it
+propagates; the console shows it once, from the CLI.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
-import sys
+import logging
+import logging.handlers
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+
+from madkit.logs import NAME, LineFormatter, console_handler
 
 LOG_FILE = "train.log"
+_NEVER = logging.CRITICAL + 1  # a MemoryHandler flushes on a record at or above this: never on its own
 
 
 class ConsoleLog:
     def __init__(self) -> None:
-        self._pending: list[str] = []
-        self._file: TextIO | None = None
+        self._pending = logging.handlers.MemoryHandler(capacity=1_000_000, flushLevel=_NEVER, flushOnClose=False)
+        self._file: logging.FileHandler | None = None
+        self.handler: logging.Handler = self._pending
 
     def attach(self, path: str | Path, header: str) -> None:
-        """Start writing to ``path`` (appending: a resumed run continues the same file)."""
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115  (open for the whole run; see close)
-        self._file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n")
-        for line in self._pending:
-            self._file.write(line)
-        self._pending.clear()
-        self._file.flush()
+        """Start writing to ``path``: the header line, then what waited in memory, then the rest."""
+        file = logging.FileHandler(path, mode="a", encoding="utf-8")
+        file.setFormatter(LineFormatter())
+        file.setLevel(logging.INFO)
+        file.stream.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n")
+        self._pending.setTarget(file)
+        self._pending.flush()
+        for logger in _loggers():
+            logger.removeHandler(self._pending)
+            logger.addHandler(file)
+        self._pending.close()
+        self._file, self.handler = file, file
 
     def line(self, text: str) -> None:
-        """One finished console line, newline included."""
-        if self._file is None:
-            self._pending.append(text)
-        else:
-            self._file.write(text)
-            self._file.flush()
+        """A line for the file only (the console has shown it another way)."""
+        record = logging.LogRecord(logging.getLogger("madkit.report").name, logging.INFO, "", 0, text.rstrip("\n"),
+                                   None, None)
+        self.handler.handle(record)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for logger in _loggers():
+            logger.removeHandler(self.handler)
+        self.handler.close()
 
 
-class _Tee(io.TextIOBase):
-    """Passes writes to the real stream and finished lines to the log."""
-
-    def __init__(self, stream: TextIO, log: ConsoleLog):
-        self._stream, self._log, self._partial = stream, log, ""
-
-    def write(self, text: str) -> int:
-        self._stream.write(text)
-        self._partial += text
-        *lines, self._partial = self._partial.split("\n")
-        # only the text after the last \r is ever logged: a bar redrawn in place for a whole run must not pile up
-        self._partial = self._partial[self._partial.rfind("\r") + 1:]
-        for line in lines:
-            shown = line.rsplit("\r", 1)[-1]  # a bar redrawn in place: keep its final state
-            if shown.strip():
-                self._log.line(shown + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def finish(self) -> None:
-        """Log an unfinished last line."""
-        if self._partial.rsplit("\r", 1)[-1].strip():
-            self.write("\n")
-
-    def isatty(self) -> bool:  # tqdm and others decide on this whether to draw bars
-        return self._stream.isatty()
-
-    def fileno(self) -> int:
-        return self._stream.fileno()
-
-    @property
-    def encoding(self) -> str:
-        return getattr(self._stream, "encoding", "utf-8")
+def _loggers() -> list[logging.Logger]:
+    return [logging.getLogger(NAME), logging.getLogger("py.warnings")]
 
 
 @contextlib.contextmanager
 def console_log(enabled: bool = True) -> Iterator[ConsoleLog]:
-    """Copy this process's console into a ``ConsoleLog`` (a no-op log when not ``enabled``)."""
+    """Keep this run's log records in a ``ConsoleLog`` (nothing is kept when not ``enabled``)."""
     log = ConsoleLog()
     if not enabled:
         yield log
         return
-    saved = sys.stdout, sys.stderr
-    tees = _Tee(saved[0], log), _Tee(saved[1], log)
-    sys.stdout, sys.stderr = tees
+    log.handler.setLevel(logging.INFO)
+    for logger in _loggers():
+        logger.addHandler(log.handler)
+    # warnings go to the file and, as before, to the terminal (a handler on py.warnings would otherwise
+    # keep logging's last-resort printer from showing them)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.addHandler(console_handler())
+    logging.captureWarnings(True)
     try:
         yield log
     except BaseException as exc:
-        log.line(f"run stopped: {type(exc).__name__}: {exc}\n")
+        log.line(f"run stopped: {type(exc).__name__}: {exc}")
         raise
     finally:
-        for tee in tees:
-            tee.finish()
-        sys.stdout, sys.stderr = saved
+        logging.captureWarnings(False)
+        warnings_logger.removeHandler(console_handler())
         log.close()

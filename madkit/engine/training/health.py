@@ -41,6 +41,9 @@ import torch
 from madkit.engine import distributed
 from madkit.engine.checkpoints import MODEL_FILE, is_sharded, list_checkpoints, stored_state_value
 from madkit.engine.checkpoints.verify import CheckpointError, header_metadata
+from madkit.logs import get_logger
+
+logger = get_logger(__name__)
 
 HEALTH_KEY = "madkit_health"  # the safetensors metadata key
 
@@ -206,7 +209,7 @@ class HealthGuard:
         problems = self.problems
         if not problems:
             if self._warned and self.env.is_main:
-                print(f"madkit: step {step}: training looks healthy again", flush=True)
+                logger.info(f"step {step}: training looks healthy again")
             self._warned = False
             return
         if self.cfg.action == "stop":
@@ -218,8 +221,8 @@ class HealthGuard:
                 f"{restart}"
             )
         if not self._warned and self.env.is_main:
-            print(f"madkit: step {step}: warning: training looks unhealthy: {'; '.join(problems)}; its "
-                  f"checkpoints are marked as failing the health check until it recovers", flush=True)
+            logger.warning(f"step {step}: warning: training looks unhealthy: {'; '.join(problems)}; its "
+                           f"checkpoints are marked as failing the health check until it recovers")
         self._warned = True
 
     # ---------------------------------------------------------------- checkpoints

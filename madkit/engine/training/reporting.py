@@ -7,7 +7,6 @@ the plain line printed every ``log_every`` steps carries the same facts.
 from __future__ import annotations
 
 import resource
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from madkit.engine.checkpoints.run_folder import MetricsFile
 from madkit.interfaces import Sink
+from madkit.logs import report
 
 
 def memory_gb(device: torch.device) -> float:
@@ -117,8 +117,7 @@ class Reporter:
 
     def say(self, text: str) -> None:
         if self.active:
-            tqdm.write(text, file=sys.stdout)
-            sys.stdout.flush()
+            report(text)
 
     def close(self) -> None:
         self._bar.close()

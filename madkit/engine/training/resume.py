@@ -10,6 +10,9 @@ from madkit.engine import checkpoints
 from madkit.engine.checkpoints import verify as checkpoint_verify
 from madkit.engine.checkpoints.run_lock import RunFolderBusyError
 from madkit.errors import ConfigError
+from madkit.logs import get_logger
+
+logger = get_logger(__name__)
 
 
 class ResumeChoice:
@@ -69,7 +72,7 @@ class ResumeChoice:
         for folders, why in self._set_aside:
             if (moved := checkpoint_verify.set_aside(root, folders, why)) is not None:
                 names = ", ".join(p.name for p in folders)
-                print(f"madkit: moved checkpoint(s) {names} to {moved}", flush=True)
+                logger.warning(f"moved checkpoint(s) {names} to {moved}")
         self.run_dir.prepare(self.loaded.to_toml(), self.versions, self.step)
         if self.console is not None:
             self.console.attach(self.run_dir.log, " ".join(self.versions["command"]))

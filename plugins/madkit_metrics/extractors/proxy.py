@@ -12,15 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from madkit.cache import cache_root
+from madkit.logs import get_logger
 from madkit.spec import slot
 from madkit.validators import at_least
+
+logger = get_logger(__name__)
 
 if TYPE_CHECKING:
     from madkit_metrics.extractors.proxy_net import ProxyExtractor
@@ -104,7 +106,7 @@ class ProxyConfig:
         from madkit_metrics.extractors.proxy_train import train_proxy
 
         def log(message: str) -> None:
-            print(f"madkit: proxy extractor {name}: {message}", file=sys.stderr)
+            logger.info(f"proxy extractor {name}: {message}")
 
         net, stats = train_proxy(
             data.build(),
