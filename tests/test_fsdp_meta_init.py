@@ -1,0 +1,159 @@
+"""A sharded run builds its model on the meta device and gives each rank only its slices
+(madkit/engine/training/sharded_build.py): the same weights, buffers, EMA and generator states as the
+way it was built before (whole on every rank, rank 0's weights broadcast, then sharded), with two
+gloo ranks on the CPU in forked processes. ``setup.build_on_meta = False`` is that former way.
+
+Flips stay on (``data.hflip`` draws from each rank's global generator): a meta build must leave
+every rank's generator where the whole build left it, or the flips, and so the weights, differ.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+from madkit.engine import checkpoints, distributed
+from madkit.engine.checkpoints.sharded import read_full
+from madkit.engine.distributed import deferred_init
+from madkit.engine.training import setup as trainer_setup
+from madkit.engine.training.loop import Trainer, train
+from madkit.experiment_spec import load_spec
+from madkit.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments/tiny/madformer.toml"
+SETS = [
+    "train.strategy=fsdp", "train.steps=3", "train.batch=4", "train.micro_batch=1", "train.ckpt_every=3",
+    "train.sample_every=0", "train.threads=1", "log.sinks=[]", "log.progress=false",
+]  # fmt: skip
+TOL = 1e-6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, out: Path, job: str, sets: list[str]) -> None:
+    """One forked rank: join the gloo group, then do ``job`` once on the meta build and once the former way."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))  # fmt: skip
+    torch.set_num_threads(1)
+    try:
+        env = distributed.setup("cpu", group_when_alone=True)
+        registry = Registry.load()
+        loaded = load_spec(TINY, [*SETS, *sets], registry)
+        seen = {}
+        for meta in (True, False):
+            trainer_setup.build_on_meta = meta
+            if job == "train":
+                train(loaded, registry, out / f"meta_{meta}")
+            else:
+                seen[meta] = _built(loaded, registry, out / f"meta_{meta}", env)
+        if job == "build":
+            _compare(*seen.values())
+        distributed.teardown(distributed.DistEnv(rank, world, rank, env.device, owns_group=True))
+    except BaseException:
+        (out / f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+
+
+def _built(loaded, registry, out: Path, env) -> dict:
+    """What the trainer holds once constructed: the whole model, EMA and buffers, and the generator."""
+    trainer = Trainer(loaded, registry, out, env)
+    try:
+        assert trainer.init_program is None or trainer_setup.build_on_meta
+        if trainer_setup.build_on_meta:
+            assert trainer.init_program is not None, "the tiny MADFormer must build on the meta device"
+        state = {f"model.{k}": _whole(v) for k, v in trainer.model.state_dict().items()}
+        state.update({f"ema.{k}": _whole(v) for k, v in trainer.ema.module.state_dict().items()})
+        state.update({f"buffer.{k}": v.clone() for k, v in trainer.model.named_buffers()})
+        state["rng"] = torch.get_rng_state()
+        assert not _meta_tensors(trainer.model), _meta_tensors(trainer.model)
+        return state
+    finally:
+        trainer.reporter.close()
+        trainer.lock.release()
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t.detach().clone()
+
+
+def _meta_tensors(model: torch.nn.Module) -> list[str]:
+    """Tensors left on the meta device anywhere in the model (parameters, buffers, plain attributes)."""
+    found = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    for name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            for v in (value, *getattr(value, "__dict__", {}).values()):
+                if isinstance(v, torch.Tensor) and v.device.type == "meta":
+                    found.append(f"{name}.{attr}")
+    return found
+
+
+def _compare(meta: dict, whole: dict) -> None:
+    assert meta.keys() == whole.keys()
+    for k in meta:
+        assert torch.equal(meta[k], whole[k]), f"{k} differs between the meta build and the whole build"
+
+
+def _run_ranks(tmp_path: Path, job: str, *sets: str, world: int = 2) -> None:
+    ctx, port = multiprocessing.get_context("fork"), _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, world, port, tmp_path, job, list(sets))) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    errors = [f.read_text() for f in sorted(tmp_path.glob("rank*.error"))]
+    assert all(p.exitcode == 0 for p in procs) and not errors, "\n".join(errors) or [p.exitcode for p in procs]
+
+
+def test_meta_build_gives_the_whole_builds_weights_buffers_ema_and_generators(tmp_path):
+    _run_ranks(tmp_path, "build")
+
+
+@pytest.mark.slow
+def test_meta_build_trains_three_steps_to_the_whole_builds_weights(tmp_path):
+    _run_ranks(tmp_path, "train")
+    a, b = tmp_path / "meta_True", tmp_path / "meta_False"
+    step = checkpoints.CHECKPOINTS + "/" + checkpoints.step_dir_name(3)
+    for part in ("model", "ema"):
+        wa, wb = read_full(a / step, part), read_full(b / step, part)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], atol=TOL, rtol=0, msg=f"{part}: {k}")
+
+
+def test_replay_holds_one_tensor_at_a_time_and_gives_the_values_of_a_real_build():
+    """Linear layers whose construction draws defaults that are drawn again (as MADFormer's
+    reset_parameters does): the replay holds at most one weight at a time, frees every value that is
+    overwritten unread, and gives bit for bit what building on the CPU from the same seed gives."""
+
+    def build():
+        layers = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(6)])
+        for layer in layers:
+            torch.nn.init.xavier_uniform_(layer.weight)
+        layers.register_buffer("table", torch.arange(8.0).cos(), persistent=False)
+        return layers
+
+    with torch.device("meta"):
+        _, program = deferred_init.record(build)
+    torch.manual_seed(3)
+    ref = build()
+    torch.manual_seed(3)
+    got = {}
+    peak = program.replay(torch.device("cpu"), lambda name, full: got.__setitem__(name, full.clone()))
+    assert set(got) == {n for n, _ in [*ref.named_parameters(), *ref.named_buffers()]}
+    for n, t in [*ref.named_parameters(), *ref.named_buffers()]:
+        assert torch.equal(got[n], t), n
+    one_weight = 64 * 64 * 4
+    assert one_weight <= peak < 2 * one_weight  # a weight and at most some biases, never two weights
