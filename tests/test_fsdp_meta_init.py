@@ -157,3 +157,22 @@ def test_replay_holds_one_tensor_at_a_time_and_gives_the_values_of_a_real_build(
         assert torch.equal(got[n], t), n
     one_weight = 64 * 64 * 4
     assert one_weight <= peak < 2 * one_weight  # a weight and at most some biases, never two weights
+
+
+def test_init_from_fills_the_slices_of_a_meta_build(tmp_path):
+    """``train.init_from`` in a sharded run (a one-rank group) loads the source's whole EMA tensors
+    into the meta-built model's slices: one step later it matches a plain run started the same way."""
+    registry = Registry.load()
+    one_step = ["train.steps=1", "train.ckpt_every=1", "train.sample_every=0", "train.threads=1", "log.sinks=[]",
+                "log.progress=false", "train.batch=4", "train.micro_batch=2"]  # fmt: skip
+    source = train(load_spec(TINY, one_step, registry), registry, tmp_path / "source").run_dir
+    runs = {}
+    for strategy in ("fsdp", "ddp"):
+        sets = [*one_step, f"train.strategy={strategy}", f"train.init_from={str(source)!r}"]
+        runs[strategy] = train(load_spec(TINY, sets, registry), registry, tmp_path / strategy).checkpoint
+    assert checkpoints.is_sharded(runs["fsdp"]) and not checkpoints.is_sharded(runs["ddp"])
+    for use_ema in (False, True):
+        a, b = checkpoints.load_weights(runs["fsdp"], use_ema), checkpoints.load_weights(runs["ddp"], use_ema)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=TOL, rtol=0, msg=k)

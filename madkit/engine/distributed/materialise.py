@@ -109,6 +109,11 @@ def copy_slices(source: nn.Module, target: nn.Module) -> None:
     params = dict(source.named_parameters())
     for name, param in target.named_parameters():
         local(param).copy_(local(params[name]))
+    copy_buffers(source, target)
+
+
+@torch.no_grad()
+def copy_buffers(source: nn.Module, target: nn.Module) -> None:
     buffers = dict(source.named_buffers())
     for name, buffer in target.named_buffers():
         buffer.copy_(buffers[name])

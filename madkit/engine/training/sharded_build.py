@@ -48,16 +48,20 @@ def materialise(trainer, state: dict[str, Any] | None, from_shards: bool) -> Pat
     from the recorded initialisation. Returns the ``init_from`` source used, if any."""
     device, program, ema = trainer.device, trainer.init_program, trainer.ema
     model_slices = slices.allocate(trainer.model, device)
-    ema_slices = slices.allocate(ema.module, device)
+    if ema is not None:
+        slices.allocate(ema.module, device)
     init_source = None
     if state is not None:
         slices.compute_buffers(program, model_slices, device)
-        slices.compute_buffers(program, ema_slices, device)
+        if ema is not None:
+            slices.copy_buffers(trainer.model, ema.module)
         if from_shards:
             return None
         slices.fill_from(model_slices, checkpoints.load_weights(trainer.ckpt, False, "cpu"), str(trainer.ckpt))
-        slices.fill_from(ema_slices, checkpoints.load_weights(trainer.ckpt, True, "cpu"), str(trainer.ckpt))
-        ema.updates = int(state["ema"]["updates"])
+        if ema is not None:
+            ema_slices = slices.ShardFiller(ema.module)
+            slices.fill_from(ema_slices, checkpoints.load_weights(trainer.ckpt, True, "cpu"), str(trainer.ckpt))
+            ema.updates = int(state["ema"]["updates"])
         return None
     if trainer.cfg.init_from:
         slices.compute_buffers(program, model_slices, device)
@@ -68,5 +72,6 @@ def materialise(trainer, state: dict[str, Any] | None, from_shards: bool) -> Pat
         )
     else:
         slices.initialise(program, model_slices, trainer.env, device)
-    slices.copy_slices(trainer.model, ema.module)  # the EMA starts as a copy of the model
+    if ema is not None:
+        slices.copy_slices(trainer.model, ema.module)  # the EMA starts as a copy of the model
     return init_source
