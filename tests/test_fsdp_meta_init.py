@@ -176,3 +176,36 @@ def test_init_from_fills_the_slices_of_a_meta_build(tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=TOL, rtol=0, msg=k)
+
+
+def test_a_construction_that_cannot_be_recorded_is_built_whole_with_a_note(monkeypatch, capsys):
+    """A constructor reading a value on the meta device (``.item()``) stops the recording; the
+    trainer then builds the model whole, as before, and says so."""
+    from madkit.build import PluginBuildError
+    from madkit.engine.training import sharded_build
+
+    def reads_a_value():
+        torch.nn.Linear(4, 4).weight.sum().item()
+
+    with torch.device("meta"), pytest.raises(deferred_init.DeferredInitError, match="_local_scalar_dense"):
+        deferred_init.record(reads_a_value)
+
+    registry = Registry.load()
+    spec = load_spec(TINY, SETS, registry).spec
+    real_build = sharded_build.build_experiment
+
+    def build_experiment(spec, registry, device="cpu", meta=False):
+        if meta:  # what build_part makes of the plugin's failure
+            try:
+                with torch.device("meta"):
+                    deferred_init.record(reads_a_value)
+            except deferred_init.DeferredInitError as exc:
+                raise PluginBuildError("[model] kind 'madformer' could not be built") from exc
+        return real_build(spec, registry, device=device, meta=meta)
+
+    monkeypatch.setattr(sharded_build, "build_experiment", build_experiment)
+    before = torch.get_rng_state()
+    experiment, program = sharded_build.build(spec, registry, torch.device("cpu"), is_main=True)
+    assert program is None and next(experiment.model.parameters()).device.type == "cpu"
+    assert "note: building the whole model on every rank before sharding" in capsys.readouterr().err
+    assert not torch.equal(before, torch.get_rng_state())  # the whole build drew its initialisation

@@ -23,8 +23,13 @@ def record_build(build: Callable[[], object], model_of: Callable[[object], nn.Mo
     on by exactly the draws the model's initialisation makes (into memory freed at once), so every
     later draw on this rank is the one an ordinary build would have been followed by."""
     generator = default_generator(device)
-    before = generator.get_state()
-    result, program = record(build, model_of)
+    before, cpu = generator.get_state(), torch.get_rng_state()
+    try:
+        result, program = record(build, model_of)
+    except BaseException:  # a build that stopped halfway must not leave the generators moved
+        generator.set_state(before)
+        torch.set_rng_state(cpu)
+        raise
     program.replay(device, None)
     program.generator_state = before
     return result, program

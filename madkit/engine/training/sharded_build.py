@@ -36,9 +36,13 @@ def build(spec, registry, device: torch.device, is_main: bool) -> tuple[Experime
     (built whole on ``device``, None) when the construction cannot be replayed."""
     try:
         return slices.record_build(lambda: build_experiment(spec, registry, meta=True), lambda e: e.model, device)
-    except DeferredInitError as exc:
+    except Exception as exc:
+        # build_part reports a plugin's failure as a PluginBuildError caused by it
+        cause = exc if isinstance(exc, DeferredInitError) else exc.__cause__
+        if not isinstance(cause, DeferredInitError):
+            raise
         if is_main:
-            print(f"note: building the whole model on every rank before sharding ({exc})", file=sys.stderr)
+            print(f"note: building the whole model on every rank before sharding ({cause})", file=sys.stderr)
         return build_experiment(spec, registry, device=str(device)), None
 
 
