@@ -169,8 +169,8 @@ class _Recorder(TorchDispatchMode):
                     raise DeferredInitError(f"{func} reads a meta tensor made before the model's construction")
                 refs.append(_ref_of(a, key))
                 touches.add(key)
-            else:
-                refs.append(a)
+            else:  # a value made on a real device (an index table): kept as it is now
+                refs.append(a.detach().clone() if isinstance(a, torch.Tensor) else a)
         writes |= {refs[i].storage for i in _mutated(func, flat, spec) if isinstance(refs[i], _Ref)}
         op = _Op(func, refs, spec, [], touches, writes)
         for o in outs:
