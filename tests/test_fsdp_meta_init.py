@@ -3,8 +3,8 @@
 way it was built before (whole on every rank, rank 0's weights broadcast, then sharded), with two
 gloo ranks on the CPU in forked processes. ``setup.build_on_meta = False`` is that former way.
 
-Flips stay on (``data.hflip`` draws from each rank's global generator): a meta build must leave
-every rank's generator where the whole build left it, or the flips, and so the weights, differ.
+Each rank's global generator is compared too: a meta build must leave it where the whole build left
+it, or whatever draws from it later (a model's dropout) would draw differently.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _rank(rank: int, world: int, port: int, out: Path, job: str, sets: list[str]
                 seen[meta] = _built(loaded, registry, out / f"meta_{meta}", env)
         if job == "build":
             _compare(*seen.values())
-        distributed.teardown(distributed.DistEnv(rank, world, rank, env.device, owns_group=True))
+        distributed.teardown(env)
     except BaseException:
         (out / f"rank{rank}.error").write_text(traceback.format_exc())
         raise
