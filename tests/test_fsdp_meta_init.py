@@ -102,8 +102,8 @@ def _meta_tensors(model: torch.nn.Module) -> list[str]:
 
 def _compare(meta: dict, whole: dict) -> None:
     assert meta.keys() == whole.keys()
-    for k in meta:
-        assert torch.equal(meta[k], whole[k]), f"{k} differs between the meta build and the whole build"
+    for k, value in meta.items():
+        assert torch.equal(value, whole[k]), f"{k} differs between the meta build and the whole build"
 
 
 def _run_ranks(tmp_path: Path, job: str, *sets: str, world: int = 2) -> None:

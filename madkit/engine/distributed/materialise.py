@@ -14,7 +14,11 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from madkit.engine.distributed.deferred_init import InitProgram, default_generator, record
+from madkit.engine.distributed.deferred_init import (
+    InitProgram,
+    default_generator,
+    record,
+)
 from madkit.engine.distributed.process_group import DistEnv, broadcast_object
 
 

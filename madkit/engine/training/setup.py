@@ -39,7 +39,6 @@ from madkit.engine.training.resume_changes import check_resume
 from madkit.errors import DataError, UserError
 from madkit.experiment_spec import with_current_defaults
 
-
 # Sharded runs build the model on the meta device (sharded_build.py). False builds it whole on every
 # rank and shards it afterwards, the way it was done before: kept for comparisons (tests, benchmarks).
 build_on_meta = True
