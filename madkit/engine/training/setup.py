@@ -1,6 +1,7 @@
 """The trainer's construction, before any step: build the experiment and its data, check the
 checkpoint to resume against the spec, then restore weights, EMA, wrappers (DDP or FSDP2), optimizer
-and position. Nothing here writes to the run folder (resume.py claims it once every input is good).
+and position. A sharded run's model is built on the meta device and gets its slices once sharded
+(sharded_build.py). Nothing here writes to the run folder (resume.py claims it once every input is good).
 """
 
 from __future__ import annotations
