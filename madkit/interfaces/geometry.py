@@ -33,7 +33,11 @@ class Partitioner(ABC):
 
     @cached_property
     def order(self) -> torch.Tensor:
-        return self._order()
+        order = self._order()
+        if order.device.type == "meta":  # made inside torch.device("meta") (a model built without memory):
+            with torch.device("cpu"):  # an index table needs its values, and partition() moves it anyway
+                order = self._order()
+        return order
 
     @property
     def num_blocks(self) -> int:

@@ -61,7 +61,8 @@ class MADFormer(GenerativeModel):
         self._freeze_dead_parameters()
         needs_time = any(getattr(l, "pattern", "") == "none" for l in self.layers)
         self.time = TimestepEmbedder(d) if needs_time else None
-        cos, sin = self.rope.tables(self.partitioner.positions.flatten(0, 1))
+        # the partitioner's index tables live on the CPU when the model is built on the meta device
+        cos, sin = self.rope.tables(self.partitioner.positions.flatten(0, 1).to(self.boi.device))
         self.register_buffer("rope_cos", cos.view(self.T, self.B, head_dim), persistent=False)
         self.register_buffer("rope_sin", sin.view(self.T, self.B, head_dim), persistent=False)
         self.activation_checkpointing = False
@@ -84,19 +85,20 @@ class MADFormer(GenerativeModel):
 
     # ------------------------------------------------------------------ init and utilities
     def reset_parameters(self) -> None:
+        # also on the meta device: a sharded run records these calls there and replays them on its
+        # device (madkit.engine.distributed.deferred_init), so they must run in the same order
         for m in self.modules():
-            if isinstance(m, nn.Linear) and m.weight.device.type != "meta":
+            if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         for layer in self.layers:  # keep the adaLN-zero start of mlp layers
-            if hasattr(layer, "ada") and layer.ada[1].weight.device.type != "meta":
+            if hasattr(layer, "ada"):
                 nn.init.zeros_(layer.ada[1].weight)
                 nn.init.zeros_(layer.ada[1].bias)
-        if self.boi.device.type != "meta":
-            nn.init.normal_(self.boi, std=self.cfg.init_std)
-            if self.class_embed is not None:
-                nn.init.normal_(self.class_embed.weight, std=self.cfg.init_std)
+        nn.init.normal_(self.boi, std=self.cfg.init_std)
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=self.cfg.init_std)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.activation_checkpointing = enabled

@@ -16,6 +16,9 @@ the root unit holds the rest (embedders, BOI, class and time embeddings). The tr
 ``model.loss`` and sampling calls ``model.generate``, not ``forward``; both are registered as
 forward methods so the root's parameters are gathered around them too.
 
+Building: ``shard_model`` works on a model on the meta device too; a sharded run builds it there and
+fills each rank's slices afterwards (training/sharded_build.py, materialise.py).
+
 Names: FSDP2 replaces each parameter by a DTensor in place, so ``named_parameters`` and
 ``state_dict`` keep the bare model's names; checkpoints hold no wrapper prefix.
 
@@ -101,7 +104,8 @@ def shard_model(model: nn.Module, mesh, policy) -> int:
 @torch.no_grad()
 def broadcast_from_rank0(model: nn.Module) -> None:
     """Give every rank rank 0's weights before sharding (what DDP does when it wraps): ranks seed
-    their initialisation differently, and each keeps only its own slice of what it holds."""
+    their initialisation differently, and each keeps only its own slice of what it holds. Only for a
+    model built whole (one whose construction cannot be replayed, see training/sharded_build.py)."""
     import torch.distributed as dist
 
     for tensor in [*model.parameters(), *model.buffers()]:

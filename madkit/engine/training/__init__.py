@@ -9,6 +9,7 @@
     optim.py           AdamW groups and the learning-rate schedule     ema.py   the fp32 EMA
     precision.py       fp32 / bf16 / fp16 autocast and the grad scaler   health.py  NaN and divergence guard
     model_setup.py     the loss module, activation checkpointing, compiling blocks
+    sharded_build.py   a sharded run's model: built on the meta device, then only this rank's slices
     reporting.py       metrics.jsonl, sinks, progress     console_log.py  RUN/train.log
     sample_grids.py    fixed-noise sample grids during training
 (how many CPU threads a process uses, train.threads and --threads, is madkit/threads.py: every command uses it)

@@ -10,6 +10,7 @@ checkpoints resumes from them instead, so rerunning a fine-tuning command contin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,11 +21,15 @@ from madkit.engine.checkpoints.weights import read_weights, resolve_weights, sto
 from madkit.engine.packaging.hub import resolve_pretrained
 
 
-def initialize_from(model: nn.Module, source: str, spec_raw: dict, spec_source: str, device: torch.device) -> Path:
+def initialize_from(
+    model: nn.Module, source: str, spec_raw: dict, spec_source: str, device: torch.device,
+    load: Callable[[nn.Module, dict[str, torch.Tensor]], None] = checkpoints.load_unwrapped,
+) -> Path:
     """Load ``source``'s EMA weights into ``model``; returns the checkpoint or export folder used.
-    Shapes must match the model the current spec builds (``IncompatibleCheckpointError``)."""
+    Shapes must match the model the current spec builds (``IncompatibleCheckpointError``).
+    ``load(model, weights)`` puts them in (a sharded model keeps its slices: sharded_build.py)."""
     src = resolve_weights(resolve_pretrained(source))
     stored, shapes_file = stored_spec(src)
     checkpoints.check_compatible(shapes_file, model, spec_raw, spec_source, stored)
-    checkpoints.load_unwrapped(model, read_weights(src, True, device))
+    load(model, read_weights(src, True, device))
     return src.path

@@ -1,6 +1,7 @@
 """The trainer's construction, before any step: build the experiment and its data, check the
 checkpoint to resume against the spec, then restore weights, EMA, wrappers (DDP or FSDP2), optimizer
-and position. Nothing here writes to the run folder (resume.py claims it once every input is good).
+and position. A sharded run's model is built on the meta device and gets its slices once sharded
+(sharded_build.py). Nothing here writes to the run folder (resume.py claims it once every input is good).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from madkit.engine.checkpoints import sharded as sharded_checkpoint
 from madkit.engine.data import batches
 from madkit.engine.data.training_data import training_data
 from madkit.engine.distributed import fsdp
+from madkit.engine.training import sharded_build
 from madkit.engine.training.ema import EMA
 from madkit.engine.training.init_from import initialize_from
 from madkit.engine.training.model_setup import (
@@ -38,6 +40,10 @@ from madkit.engine.training.resume_changes import check_resume
 from madkit.errors import DataError, UserError
 from madkit.experiment_spec import with_current_defaults
 
+# Sharded runs build the model on the meta device (sharded_build.py). False builds it whole on every
+# rank and shards it afterwards, the way it was done before: kept for comparisons (tests, benchmarks).
+build_on_meta = True
+
 
 class TrainerSetup:
     """The part of ``Trainer`` (loop.py) that builds, checks and restores; its attributes are the Trainer's."""
@@ -45,7 +51,11 @@ class TrainerSetup:
     def _build_and_check(self, registry) -> dict[str, Any] | None:
         """Build the experiment and its data, find the checkpoint to resume; returns its state."""
         spec, env = self.spec, self.env
-        self.experiment = build_experiment(spec, registry, device=str(self.device))
+        self.init_program = None  # set when the model was built on the meta device (sharded runs)
+        if self.sharded and build_on_meta:
+            self.experiment, self.init_program = sharded_build.build(spec, registry, self.device, env.is_main)
+        else:
+            self.experiment = build_experiment(spec, registry, device=str(self.device))
         self.model = self.experiment.model
         self.model_kind = registry.kind_of("model", spec.model)
         self.codec = self.experiment.codec.to(self.device)
@@ -78,20 +88,11 @@ class TrainerSetup:
         cfg, env = self.cfg, self.env
         # a sharded checkpoint is read after sharding, each rank reading only its slices
         from_shards = state is not None and checkpoints.is_sharded(self.ckpt)
-        if state is not None and not from_shards:
-            checkpoints.load_unwrapped(self.model, checkpoints.load_weights(self.ckpt, False, self.device))
-        elif state is None and cfg.init_from:
-            self.init_source = initialize_from(
-                self.model, cfg.init_from, self.loaded.raw, self.loaded.source, self.device
-            )
-        self.model.train()
-        if self.sharded and env.distributed:  # DDP does this when it wraps; sharding would keep the mix
-            fsdp.broadcast_from_rank0(self.model)
-        # the EMA copies the model before compilation: a copy would otherwise call the original's graphs;
-        # in a sharded run every rank keeps its slice of it
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if env.is_main or self.sharded else None
-        if state is not None and self.ema is not None and not from_shards:
-            self.ema.load_state_dict(checkpoints.load_weights(self.ckpt, True, self.device), state["ema"]["updates"])
+        if self.init_program is None:  # built whole: its weights now
+            self._whole_weights(state, from_shards)
+        else:  # on the meta device: the EMA is a meta copy, and both get their slices once sharded
+            self.model.train()
+            self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model, self.model_kind)
         self.compile_note = ""
@@ -103,6 +104,8 @@ class TrainerSetup:
         if self.sharded:
             ema = self.ema.module if self.ema is not None else None
             fsdp.shard_for_training(self.model, ema, cfg, env.world_size, self.device, self.precision.name)
+            if self.init_program is not None:
+                self.init_source = sharded_build.materialise(self, state, from_shards)
         elif env.distributed:  # DDP broadcasts rank 0's weights: every rank starts identical
             self.loss_module = DistributedDataParallel(
                 self.loss_module,
@@ -135,6 +138,24 @@ class TrainerSetup:
         per_rank_rng = state.get("rng") or []
         if env.rank < len(per_rank_rng):  # a run resumed on more ranks seeds the new ones afresh
             rng.restore(per_rank_rng[env.rank])
+
+    def _whole_weights(self, state: dict[str, Any] | None, from_shards: bool) -> None:
+        """The weights of a model built whole (restored or loaded when asked), and its EMA copy."""
+        cfg, env = self.cfg, self.env
+        if state is not None and not from_shards:
+            checkpoints.load_unwrapped(self.model, checkpoints.load_weights(self.ckpt, False, self.device))
+        elif state is None and cfg.init_from:
+            self.init_source = initialize_from(
+                self.model, cfg.init_from, self.loaded.raw, self.loaded.source, self.device
+            )
+        self.model.train()
+        if self.sharded and env.distributed:  # DDP does this when it wraps; sharding would keep the mix
+            fsdp.broadcast_from_rank0(self.model)
+        # the EMA copies the model before compilation: a copy would otherwise call the original's graphs;
+        # in a sharded run every rank keeps its slice of it
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if env.is_main or self.sharded else None
+        if state is not None and self.ema is not None and not from_shards:
+            self.ema.load_state_dict(checkpoints.load_weights(self.ckpt, True, self.device), state["ema"]["updates"])
 
     def _reading_data(self, read):
         """``read()``, with a failure of the data source (not a madkit bug) reported as a ``DataError``
