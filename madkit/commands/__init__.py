@@ -6,7 +6,7 @@ Modules are imported only when listed here; heavy imports (torch, diffusers) bel
 from madkit.errors import UserError
 
 COMMAND_MODULES = (
-    "plugins", "validate", "run", "flops", "sample", "fid_stats", "eval", "sweep", "study", "report", "export",
+    "plugins", "validate", "run", "flops", "sample", "complete", "fid_stats", "eval", "sweep", "study", "report", "export",
     "import_reference",
 )
 
