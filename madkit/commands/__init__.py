@@ -7,7 +7,7 @@ from madkit.errors import UserError
 
 COMMAND_MODULES = (
     "plugins", "validate", "run", "flops", "sample", "complete", "fid_stats", "eval", "sweep", "study", "report", "export",
-    "import_reference",
+    "import_reference", "demo",
 )
 
 
