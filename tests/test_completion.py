@@ -180,3 +180,25 @@ def test_cli_writes_rows_and_a_grid_and_refuses_bad_input(run_dir, tmp_path, cap
         assert message in err and len(err.strip().splitlines()) == 1
     assert main(["complete", str(run_dir), str(out / "grid.png"), "--keep", "1", "--out", str(tmp_path / "y")]) == 2
     assert "pass --resize" in capsys.readouterr().err
+
+
+def test_class_labels_and_guidance_work_as_in_sample(tmp_path):
+    out = tmp_path / "classes"
+    sets = ["train.steps=2", "train.ckpt_every=2", "train.sample_num=1", "train.sample_steps=1", "log.sinks=[]",
+            "model.conditioning=class"]
+    assert main(["run", str(TINY), "--out", str(out), "--threads", "1", *(a for s in sets for a in ("--set", s))]) == 0
+    pipe = madkit.load(out, device="cpu")
+    images = pipe.generate(2, seed=0, steps=2, output="tensor")
+    result = pipe.complete(images, keep=1, labels=[1, 2], guidance=2.0, steps=2, seed=3)
+    generators = [rng.generator(3, "complete", 0, i) for i in range(2)]
+    encoded = pipe.experiment.codec.encode(images)
+    direct = pipe.model.generate(pipe.experiment.sampler, generators, labels=torch.tensor([1, 2]), steps=2,
+                                 guidance=2.0, prefix=encoded, keep=1)
+    assert torch.equal(pipe.experiment.codec.decode(direct), result.completions[:, 0])
+    other = pipe.complete(images, keep=1, labels=[0, 0], guidance=2.0, steps=2, seed=3)
+    assert not torch.equal(other.completions, result.completions)
+    src = tmp_path / "in.png"
+    Image.fromarray(((images[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(src)
+    args = ["complete", str(out), str(src), "--keep", "1", "--num", "1", "--steps", "2", "--out", str(tmp_path / "c")]
+    assert main([*args, "--label", "1", "--guidance", "2"]) == 0
+    assert main([*args, "--label", "99", "--overwrite"]) == 2
