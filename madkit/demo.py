@@ -121,7 +121,8 @@ def build_demo(pipe: Pipeline):
                 label = gr.Dropdown(list(range(pipe.num_classes)) or [0], value=0, label="class",
                                     interactive=conditional)
             run = gr.Button("Generate", variant="primary", elem_id="generate")
-            picture = gr.Image(label="image (streams block by block)", format="png", elem_id="picture")
+            picture = gr.Image(label="image (streams block by block)", format="png", elem_id="picture",
+                               buttons=["download", "fullscreen"])
             run.click(lambda *a: (yield from stream_generation(pipe, *a)), [seed, steps, guidance, label], picture,
                       api_name="generate")
         with gr.Tab("Complete"):
@@ -131,7 +132,7 @@ def build_demo(pipe: Pipeline):
                 num = gr.Slider(1, 8, value=4, step=1, label="completions")
                 cseed = gr.Number(0, label="seed", precision=0)
             go = gr.Button("Complete", variant="primary", elem_id="complete")
-            done = gr.Image(label="original | kept | completions", format="png")
+            done = gr.Image(label="original | kept | completions", format="png", buttons=["download", "fullscreen"])
             go.click(lambda im, k, n, s: complete_upload(pipe, im, k, n, s, sampler.steps),
                      [upload, keep, num, cseed], done, api_name="complete")
     return demo

@@ -105,6 +105,13 @@ def test_the_page_generates_in_a_real_browser(run_dir):
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.goto(url, timeout=60_000)
+                page.wait_for_selector("#generate", timeout=30_000)
+                # every picture the page shows while generating: partial ones first, then the image
+                page.evaluate(
+                    "() => { window.shown = new Set(); new MutationObserver(() => {"
+                    " const i = document.querySelector('#picture img'); if (i && i.src) window.shown.add(i.src); })"
+                    ".observe(document.body, {subtree: true, childList: true, attributes: true}); }"
+                )
                 page.click("#generate", timeout=30_000)
                 image = page.locator("#picture img").first
                 image.wait_for(state="visible", timeout=60_000)
@@ -112,8 +119,10 @@ def test_the_page_generates_in_a_real_browser(run_dir):
                     "() => { const i = document.querySelector('#picture img');"
                     " return i && i.complete && i.naturalWidth === 256; }", timeout=60_000,
                 )
+                shown = page.evaluate("() => window.shown.size")
             finally:
                 browser.close()
+        assert shown >= 2, "the image should build up block by block, not only appear at the end"
         assert errors == []
     finally:
         server.terminate()
