@@ -115,7 +115,8 @@ def build_demo(pipe: Pipeline):
         with gr.Tab("Generate"):
             with gr.Row():
                 seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
-                steps = gr.Slider(1, max(100, sampler.steps), value=sampler.steps, step=1, label="steps per block")
+                steps = gr.Slider(1, max(100, sampler.steps), value=sampler.steps, step=1, label="steps per block",
+                                  elem_id="steps")
                 guidance = gr.Slider(1.0, 10.0, value=sampler.guidance, step=0.5, label="guidance",
                                      interactive=conditional)
                 label = gr.Dropdown(list(range(pipe.num_classes)) or [0], value=0, label="class",

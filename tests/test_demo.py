@@ -106,15 +106,24 @@ def test_the_page_generates_in_a_real_browser(run_dir):
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.goto(url, timeout=60_000)
                 page.wait_for_selector("#generate", timeout=30_000)
+                page.wait_for_load_state("networkidle", timeout=30_000)  # the app is wired up, not only drawn
                 # every picture the page shows while generating: partial ones first, then the image
                 page.evaluate(
-                    "() => { window.shown = new Set(); new MutationObserver(() => {"
-                    " const i = document.querySelector('#picture img'); if (i && i.src) window.shown.add(i.src); })"
-                    ".observe(document.body, {subtree: true, childList: true, attributes: true}); }"
+                    "() => { window.shown = new Set(); const note = (n) => { if (n.tagName === 'IMG' &&"
+                    " n.closest('#picture') && n.src) window.shown.add(n.src); };"
+                    " new MutationObserver((records) => records.forEach((r) => { note(r.target);"
+                    " r.addedNodes.forEach((n) => { if (n.querySelectorAll) { note(n); n.querySelectorAll('img')"
+                    ".forEach(note); } }); })).observe(document.body,"
+                    " {subtree: true, childList: true, attributes: true, attributeFilter: ['src']}); }"
                 )
+                # 100 steps per block: blocks arrive apart (about 0.15 s on a busy 2-core machine), each one shown
+                page.fill("#steps input[type=number]", "100")
+                page.press("#steps input[type=number]", "Enter")
+                page.wait_for_function("() => document.querySelector('#steps input[type=range]').value === '100'",
+                                       timeout=10_000)
                 page.click("#generate", timeout=30_000)
-                image = page.locator("#picture img").first
-                image.wait_for(state="visible", timeout=60_000)
+                # one picture per finished block (the tiny model has 4 tiles), each shown as it arrives
+                page.wait_for_function("() => window.shown.size >= 4", timeout=60_000)
                 page.wait_for_function(
                     "() => { const i = document.querySelector('#picture img');"
                     " return i && i.complete && i.naturalWidth === 256; }", timeout=60_000,
@@ -122,7 +131,7 @@ def test_the_page_generates_in_a_real_browser(run_dir):
                 shown = page.evaluate("() => window.shown.size")
             finally:
                 browser.close()
-        assert shown >= 2, "the image should build up block by block, not only appear at the end"
+        assert shown == 4, "the image should build up block by block, not only appear at the end"
         assert errors == []
     finally:
         server.terminate()
