@@ -3,7 +3,8 @@
 The public Python API (docs/api.md)::
 
     madkit.load(source) -> Pipeline          a trained model: run folder, checkpoint folder
-    madkit.Pipeline                          .generate(num, labels=, seed=, steps=, guidance=, sampler=, output=)
+    madkit.Pipeline                          .generate(num, labels=, seed=, steps=, guidance=, sampler=, output=, trace=)
+                                             .complete(images, keep=K, num=, seed=): keep K blocks, generate the rest
     madkit.experiment(spec) -> Experiment    a spec (file, dict) built with fresh weights
     madkit.train(spec, out=) -> TrainResult  what `madkit run` does
     madkit.load_spec(spec) -> LoadedSpec     read and check a spec without building it

@@ -238,6 +238,7 @@ class Pipeline:
         batch: int = 16,
         output: str = "pil",
         progress: bool = False,
+        trace: bool | str = False,
     ):
         """``num`` images (or one per entry of ``labels``); image i's noise comes from (seed, i), so
         the same call gives the same images whatever ``batch`` is, and ``madkit sample`` with the
@@ -248,26 +249,79 @@ class Pipeline:
         class-conditional model). ``sampler``: another sampler kind, e.g. ``"ddim"``.
         ``output``: ``"pil"`` (a list of PIL images), ``"tensor"`` (float [n, 3, H, W] in [-1, 1]) or
         ``"uint8"`` ([n, 3, H, W]).
+        ``trace``: True or ``"blocks"`` (the image appearing block by block) or ``"steps"`` (also
+        each block's clean-sample estimate per denoising step): returns (images, traces), one
+        ``madkit.trace.Trace`` per image (``.frames``, ``.save_gif(path)``, ``.save_strip(path)``).
         """
+        from madkit.trace import TraceCollector
+
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        low = self.dtype in (torch.bfloat16, torch.float16)
-        with torch.autocast(self.device.type, dtype=self.dtype) if low else contextlib.nullcontext():
+        collector = None
+        if trace:
+            collector = TraceCollector(self.model, self.experiment.codec.to(self.device), self.image_shape[1:],
+                                       "blocks" if trace is True else trace)
+        with self._autocast():
             images = self.experiment.generate(
                 num, steps=steps, seed=seed, guidance=guidance, batch=batch, model=self.model, progress=progress,
-                labels=labels, sampler=sampler,
+                labels=labels, sampler=sampler, observer_for=collector and collector.observer_for,
             ).float()
-        if output == "tensor":
+        images = _as_output(images, output)
+        if collector is None:
             return images
-        uint8 = torch.stack([to_uint8_hwc(image) for image in images])  # [n, H, W, 3]
-        if output == "uint8":
-            return uint8.permute(0, 3, 1, 2).contiguous()
-        from PIL import Image
+        traces = [t for idx in collector.batches() for t in collector.pop(idx)]
+        return images, traces
 
-        return [Image.fromarray(image.numpy()) for image in uint8]
+    def complete(
+        self,
+        images,
+        keep: int,
+        *,
+        num: int = 1,
+        labels: Sequence[int] | torch.Tensor | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        batch: int = 16,
+        resize: bool = False,
+    ):
+        """Complete real images: keep each image's first ``keep`` blocks (in the partitioner's
+        order) exactly, as the run's codec encodes them, and generate the rest ``num`` times.
+
+        ``images``: file paths, PIL images or a float tensor [n, 3, H, W] in [-1, 1], at the model's
+        size (``resize=True`` centre-crops and scales others). ``labels``, ``steps``, ``guidance``,
+        ``sampler``: as in ``generate``. Completion c of image i draws its noise from
+        (seed, "complete", c, i). Returns a ``madkit.completion.Completion``: ``.completions``
+        [n, num, 3, H, W] in [-1, 1], ``.kept`` (the kept blocks, the rest grey), ``.originals``;
+        ``madkit.completion.save_completion(result, folder)`` writes rows and a grid."""
+        from madkit.completion import complete, load_images
+
+        pixels = load_images(images, self.image_shape, resize)
+        chosen = self.experiment.make_sampler(sampler)[0]
+        with self._autocast():
+            return complete(
+                self.model, chosen, self.experiment.codec.to(self.device), pixels, keep, num=num, seed=seed,
+                num_classes=self.num_classes, labels=labels, steps=steps, guidance=guidance, batch=batch,
+            )
+
+    def _autocast(self):
+        low = self.dtype in (torch.bfloat16, torch.float16)
+        return torch.autocast(self.device.type, dtype=self.dtype) if low else contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return f"Pipeline({self.source!r}, {self.weights} weights, images {self.image_shape}, {self.num_classes} classes)"
+
+
+def _as_output(images: torch.Tensor, output: str):
+    if output == "tensor":
+        return images
+    uint8 = torch.stack([to_uint8_hwc(image) for image in images])  # [n, H, W, 3]
+    if output == "uint8":
+        return uint8.permute(0, 3, 1, 2).contiguous()
+    from PIL import Image
+
+    return [Image.fromarray(image.numpy()) for image in uint8]
 
 
 def load(source: str | Path, **kwargs: Any) -> Pipeline:

@@ -70,12 +70,14 @@ class Experiment:
         progress: bool = False,
         labels: Any = None,
         sampler: str | Sampler | None = None,
+        observer_for: Callable[[list[int]], Any] | None = None,
     ):
         """Images [num, 3, H, W] in [-1, 1] on the CPU; image i's noise comes from (seed, i).
 
         ``labels``: one class per image (a list or tensor; ``num`` defaults to its length), for
         class-conditional models; None cycles through the classes. ``sampler``: a sampler kind
-        (e.g. ``"ddim"``) or a built ``Sampler``; None uses the spec's.
+        (e.g. ``"ddim"``) or a built ``Sampler``; None uses the spec's. ``observer_for``: as in
+        ``madkit.generation.generate_latents`` (a trace watches through it).
         """
         import torch
 
@@ -98,6 +100,7 @@ class Experiment:
             for _, images in generate_images(
                 model, sampler, self.codec.to(device), range(num), seed, num_classes=self.num_classes,
                 batch=batch, steps=steps, guidance=guidance, use_cache=use_cache, progress=progress, labels=labels,
+                observer_for=observer_for,
             )
         ]
         return torch.cat(chunks)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from madkit import rng
 from madkit.errors import ConfigError
-from madkit.interfaces import Codec, GenerativeModel, Sampler
+from madkit.interfaces import Codec, GenerationObserver, GenerativeModel, Sampler
 
 
 def shard_indices(num: int, shard: tuple[int, int] = (0, 1)) -> list[int]:
@@ -85,8 +85,17 @@ def generate_latents(
     labels: torch.Tensor | None = None,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     progress: bool = False,
+    prefix: torch.Tensor | None = None,
+    keep: int = 0,
+    observer_for: Callable[[list[int]], GenerationObserver] | None = None,
+    stream: tuple[str | int, ...] = ("sample",),
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield (indices, latents [len, c, h, w]) batch by batch."""
+    """Yield (indices, latents [len, c, h, w]) batch by batch.
+
+    Completion: ``prefix`` [len(indices), c, h, w] latents whose first ``keep`` blocks each image
+    keeps (``GenerativeModel.generate``). ``observer_for(batch_indices)`` gives the observer of one
+    batch (a trace); it may see more rows than the batch has (a lone image runs as a pair of copies).
+    ``stream``: image i's generator is seeded from (seed, *stream, i), ("sample", i) by default."""
     check_guidance(guidance, model.class_conditional)
     device = next(model.parameters()).device
     labels = default_labels(indices, num_classes) if labels is None else labels
@@ -99,12 +108,21 @@ def generate_latents(
             # matrix-vector path, which rounds differently from the matrix-matrix path every larger
             # chunk takes, and image i must not depend on the batch size or the shard it falls in.
             run = idx * 2 if len(idx) == 1 else idx
-            generators = [rng.generator(seed, "sample", i, device=device) for i in run]
+            generators = [rng.generator(seed, *stream, i, device=device) for i in run]
             lab = labels[start : start + batch].to(device) if labels is not None else None
             if lab is not None and len(run) > len(idx):
                 lab = lab.repeat(len(run))
+            # only what is used is passed on: a third-party model without completion or observers still samples
+            extra = {}
+            if prefix is not None and keep:
+                rows = prefix[start : start + batch].to(device)
+                extra.update(prefix=rows.repeat(len(run) // len(idx), 1, 1, 1), keep=keep)
+            if observer_for is not None:
+                extra["observer"] = observer_for(idx)
             with autocast():
-                latents = model.generate(sampler, generators, labels=lab, steps=steps, guidance=guidance, use_cache=use_cache)
+                latents = model.generate(
+                    sampler, generators, labels=lab, steps=steps, guidance=guidance, use_cache=use_cache, **extra
+                )
             yield idx, latents[: len(idx)].float()
     finally:
         model.train(was_training)
@@ -116,6 +134,20 @@ def generate_images(
     """Yield (indices, images [len, 3, H, W] in [-1, 1] on the CPU) batch by batch."""
     for idx, latents in generate_latents(model, sampler, indices, seed, **kwargs):
         yield idx, codec.decode(latents).float().clamp(-1, 1).cpu()
+
+
+def block_pixels(model: GenerativeModel, image_hw: tuple[int, int]) -> torch.Tensor:
+    """[H, W] long: the generation-order block of each image pixel (``block_index`` scaled up)."""
+    index = model.block_index()
+    h, w = index.shape
+    H, W = image_hw
+    if H % h or W % w:
+        raise ValueError(f"image {H}x{W} is not a whole multiple of the latent grid {h}x{w}")
+    return index.repeat_interleave(H // h, 0).repeat_interleave(W // w, 1)
+
+
+def num_blocks(model: GenerativeModel) -> int:
+    return int(model.block_index().max()) + 1
 
 
 def to_uint8_hwc(image: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-_PURPOSES = {"loss": 1, "data": 2, "sample": 3, "init": 4, "workers": 5, "augment": 6}
+_PURPOSES = {"loss": 1, "data": 2, "sample": 3, "init": 4, "workers": 5, "augment": 6, "complete": 7}
 
 
 def derive_seed(seed: int, purpose: str, *coords: int) -> int:

@@ -35,6 +35,9 @@ def test_api_examples_run(tmp_path, monkeypatch, capsys):
     assert "guidance 2 needs a class-conditional model" in out
     assert "train.lr 0.0001 -> 5e-05" in out
     assert (tmp_path / "emoji-0.png").is_file() and (tmp_path / "runs" / "tiny-tuned" / "checkpoints").is_dir()
+    assert "keep 4 keeps all 4 blocks and leaves nothing to generate; use 0..3" in out
+    assert "torch.Size([5, 3, 16, 16]) block 1/4" in out
+    assert (tmp_path / "completions" / "grid.png").is_file() and (tmp_path / "trace-0.gif").is_file()
 
 
 def test_public_names_are_exported():

@@ -6,8 +6,8 @@ Modules are imported only when listed here; heavy imports (torch, diffusers) bel
 from madkit.errors import UserError
 
 COMMAND_MODULES = (
-    "plugins", "validate", "run", "flops", "sample", "fid_stats", "eval", "sweep", "study", "report", "export",
-    "import_reference",
+    "plugins", "validate", "run", "flops", "sample", "complete", "fid_stats", "eval", "sweep", "study", "report", "export",
+    "import_reference", "demo",
 )
 
 

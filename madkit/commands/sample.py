@@ -19,6 +19,9 @@ def add_parser(sub) -> None:
         "--grid", action="store_true", help="also write grid.png with every image (grid-IofK.png per --shard I/K)"
     )
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (reference path)")
+    p.add_argument("--trace", nargs="?", const="blocks", default=None, choices=("blocks", "steps"),
+                   help="also write trace/NNNNNN.gif (the image appearing block by block; 'steps': and each block's "
+                   "estimate per denoising step) and trace/NNNNNN-strip.png")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--shard", default="0/1", help="i/k: generate every k-th image starting at i (multi-process)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -54,6 +57,7 @@ def _sample(args, registry, device, shard) -> int:
     from madkit.engine.training.sample_grids import save_grid
     from madkit.generation import GuidanceError, check_guidance, generate_images, shard_indices, to_uint8_hwc
     from madkit.registry import UnknownKindError
+    from madkit.trace import TraceCollector
 
     use_ema = not args.raw
     source, experiment, model = load_newest_for_inference(args.checkpoint, registry, use_ema=use_ema, device=device)
@@ -75,18 +79,26 @@ def _sample(args, registry, device, shard) -> int:
         "weights": str(source.path.resolve()), "step": source.step, "ema": not args.raw, "sampler": kind,
         "steps": steps, "guidance": guidance, "seed": args.seed, "cached": not args.no_cache,
     }
+    if args.overwrite:  # the traces of the images --overwrite removes go with them
+        for old in (out / "trace").glob("*") if (out / "trace").is_dir() else ():
+            if old.suffix in (".gif", ".png"):
+                old.unlink()
     claim_output_folder(out, made_by, overwrite=args.overwrite)
     codec = experiment.codec.to(device)
     indices = shard_indices(args.num, shard)
     written = []
+    collector = TraceCollector(model, codec, experiment.image_shape[1:], args.trace) if args.trace else None
     for idx, images in generate_images(
         model, sampler, codec, indices, args.seed, num_classes=experiment.num_classes,
         batch=args.batch, steps=steps, guidance=guidance, use_cache=not args.no_cache, progress=True,
+        observer_for=collector and collector.observer_for,
     ):
         for i, image in zip(idx, images):
             path = out / f"{i:06d}.png"
             _write_png(path, to_uint8_hwc(image).numpy(), len(written))
             written.append((path, image))
+        if collector is not None:
+            _write_traces(out / "trace", idx, collector.pop(idx))
     if args.grid and written:
         grid = "grid.png" if shard == (0, 1) else f"grid-{shard[0]}of{shard[1]}.png"
         try:
@@ -96,6 +108,17 @@ def _sample(args, registry, device, shard) -> int:
             raise
     print(f"wrote {len(written)} images ({'EMA' if not args.raw else 'raw'} weights, {kind}, {steps} steps) to {out}")
     return 0
+
+
+def _write_traces(folder: Path, indices: list[int], traces) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, trace in zip(indices, traces):
+        try:
+            trace.save_gif(folder / f"{i:06d}.gif")
+            trace.save_strip(folder / f"{i:06d}-strip.png")
+        except OSError as exc:
+            _raise_if_full(exc, folder / f"{i:06d}.gif", i)
+            raise
 
 
 def _write_png(path: Path, pixels, done: int) -> None:

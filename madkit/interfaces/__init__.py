@@ -9,14 +9,14 @@ the component. What ``runtime`` holds is documented per interface below ("built 
 One module per part of the pipeline, all re-exported here (``from madkit.interfaces import Sampler``):
 problems.py (SpecProblem, Checkable), geometry.py (Partitioner, RotaryEmbedding, apply_rotary),
 diffusion.py (NoiseSchedule, Sampler, SamplerRun), data.py (DataSource, Codec), model.py
-(GenerativeModel, ReferenceLayout), evaluation.py (FeatureExtractor, FeatureSet, Metric, Sink).
+(GenerativeModel, GenerationObserver, ReferenceLayout), evaluation.py (FeatureExtractor, FeatureSet, Metric, Sink).
 """
 
 from madkit.interfaces.data import Codec, DataSource
 from madkit.interfaces.diffusion import NoiseSchedule, Sampler, SamplerRun
 from madkit.interfaces.evaluation import FeatureExtractor, FeatureSet, Metric, Sink
 from madkit.interfaces.geometry import Partitioner, RotaryEmbedding, apply_rotary
-from madkit.interfaces.model import GenerativeModel, ReferenceLayout
+from madkit.interfaces.model import GenerationObserver, GenerativeModel, ReferenceLayout
 from madkit.interfaces.problems import Checkable, SpecProblem
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "DataSource",
     "FeatureExtractor",
     "FeatureSet",
+    "GenerationObserver",
     "GenerativeModel",
     "Metric",
     "NoiseSchedule",

@@ -42,6 +42,18 @@ class NoiseSchedule(ABC):
         """Per-sample loss weights, or None for uniform."""
         return None
 
+    def denoised(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean-sample estimate x0 implied by a model output at x_t (what a trace shows per step).
+
+        Every schedule here is linear in (x0, noise): x_t = a x0 + b noise and target = c x0 + d noise,
+        so the coefficients are read off ``add_noise`` and ``target`` with unit inputs and the 2x2
+        system is solved; a schedule that is not linear overrides this."""
+        one, zero = torch.ones(1, device=x_t.device), torch.zeros(1, device=x_t.device)
+        t = torch.as_tensor(t, device=x_t.device).reshape(1)
+        a, b = self.add_noise(one, zero, t), self.add_noise(zero, one, t)
+        c, d = self.target(one, zero, t), self.target(zero, one, t)
+        return ((d * x_t.float() - b * model_output.float()) / (a * d - b * c)).to(x_t.dtype)
+
     @abstractmethod
     def diffusers_config(self) -> dict[str, Any]:
         """Scheduler config keys samplers must share with training: always ``num_train_timesteps`` and
@@ -94,6 +106,12 @@ class Sampler(ABC):
     @property
     def init_noise_sigma(self) -> float:
         return 1.0
+
+    def denoised(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
+        """The clean-sample estimate at step ``t`` (a generation trace's per-step frames): the
+        ``schedule``'s, for a sampler that keeps the schedule it was built with; None when it cannot tell."""
+        schedule = getattr(self, "schedule", None)
+        return None if schedule is None else schedule.denoised(model_output, x_t, t)
 
     def apply_guidance(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         """Classifier-free guidance: uncond + scale * (cond - uncond); ``scale`` defaults to ``guidance``.

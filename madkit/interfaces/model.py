@@ -26,6 +26,20 @@ class ReferenceLayout:
     args: dict[str, tuple[Any, str]]
 
 
+class GenerationObserver:
+    """Watches a generation as it happens. Latents are [n, c, h, w] on the model's device, the
+    finished blocks in place and zeros in the others; an observer must not modify them."""
+
+    wants_steps: bool = False  # True: also call ``step`` (it costs a merge per denoising step)
+
+    def block_finished(self, block: int, latents: torch.Tensor) -> None:
+        """Block ``block`` (in generation order) is final; ``latents`` holds blocks 0..block."""
+
+    def step(self, block: int, step: int, latents: torch.Tensor) -> None:
+        """After denoising step ``step`` of block ``block``: ``latents`` holds the finished blocks and,
+        in block ``block``, the sampler's current clean-sample estimate."""
+
+
 class GenerativeModel(nn.Module):
     """What the engine trains and samples from. Built with ``latent_shape=(c, h, w)`` and
     ``num_classes``. Implementations live in plugins (e.g. ``madformer``).
@@ -71,9 +85,24 @@ class GenerativeModel(nn.Module):
         steps: int | None = None,
         guidance: float | None = None,
         use_cache: bool = True,
+        prefix: torch.Tensor | None = None,
+        keep: int = 0,
+        observer: GenerationObserver | None = None,
     ) -> torch.Tensor:
-        """Latents [n, c, h, w] for n = len(generators); image i's randomness comes from generators[i]."""
+        """Latents [n, c, h, w] for n = len(generators); image i's randomness comes from generators[i].
+
+        Completion (optional for a model, needs ``block_index``): the first ``keep`` blocks of the
+        latents ``prefix`` [n, c, h, w] are taken as finished, exactly, and only the later blocks are
+        generated, conditioned on them; no noise is drawn for the kept blocks. ``observer`` (optional)
+        is told about each finished block and, if it asks, each denoising step (a trace, a demo).
+        The engine passes ``prefix``, ``keep`` and ``observer`` only when they are used, so a model
+        without them still samples."""
         raise NotImplementedError
+
+    def block_index(self) -> torch.Tensor:
+        """[h, w] long: for each latent cell, the position in generation order of the block it belongs
+        to (0 first). Completion keeps the cells with index < K; a trace greys the unfinished ones."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how it orders its blocks")
 
     def compute_cost(self, steps: int) -> dict[str, Any]:
         """Parameters, training FLOPs per image and sampling cost for ``steps`` denoising steps."""

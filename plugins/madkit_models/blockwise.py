@@ -231,8 +231,16 @@ def generate_blocks(
     use_cache=True,
     batch_guidance: bool = True,
     recompute_clean: bool = False,
+    prefix: torch.Tensor | None = None,
+    observer=None,
 ):
-    """Blocks [n, t, b, k] of n = len(generators) new images."""
+    """Blocks [n, t, b, k] of n = len(generators) new images.
+
+    ``prefix`` [n, K, b, k]: the first K blocks, already finished (completion). They enter every
+    later block's condition exactly as generated blocks do (with the model time of a loop's last
+    step), and no noise is drawn for them, so the generators' first draw goes to block K.
+    ``observer``: a ``madkit.interfaces.GenerationObserver``, told about each finished block (and
+    each step's clean-sample estimate, if it ``wants_steps``)."""
     steps = sampler.steps if steps is None else steps
     guidance = sampler.guidance if guidance is None else guidance
     device = model.boi.device
@@ -249,16 +257,23 @@ def generate_blocks(
         CachedBlocks(model, c, n, repeats, passes, recompute_clean) if use_cache else UncachedBlocks(model, c, repeats)
         for c in contexts
     ]
+    kept = _checked_prefix(model, prefix, n, device)
     blocks: list[torch.Tensor] = []
     finals: list[torch.Tensor] = []  # per block: the model time [1] of its loop's last step
+    watch = _Watch(model, observer, n, device)
     for j in range(model.T):
         for branch in branches:
             branch.begin(j, (blocks[j - 1], finals[j - 1]) if j else None)
         run = sampler.start(steps, device)
+        if j < len(kept):
+            blocks.append(kept[j].float())
+            finals.append(run.model_time(run.timesteps[-1]).to(device).float().reshape(1))
+            watch.finished(j, blocks[j])
+            continue
         # one draw per image from its own generator: images do not depend on batch composition
         x = per_example.randn(generators, (model.B, model.embedder.cell_dim), device)
         x = x * sampler.init_noise_sigma
-        for t in run.timesteps:
+        for s, t in enumerate(run.timesteps):
             x_in = run.scale_input(x, t)
             mt = run.model_time(t).to(device).float().reshape(1)
             outs = [branch(x_in, mt) for branch in branches]
@@ -267,10 +282,46 @@ def generate_blocks(
                 out = sampler.apply_guidance(cond, uncond, scale=guidance)
             else:
                 out = outs[0]
+            if watch.steps:
+                watch.step(j, s, sampler.denoised(out.float(), x_in, t))
             x = run.step(out.float(), t, x, generators)
         blocks.append(x)
         finals.append(mt)
+        watch.finished(j, x)
     return torch.stack(blocks, dim=1)
+
+
+def _checked_prefix(model, prefix: torch.Tensor | None, n: int, device) -> list[torch.Tensor]:
+    if prefix is None:
+        return []
+    if prefix.dim() != 4 or prefix.shape[0] != n or prefix.shape[2:] != (model.B, model.embedder.cell_dim):
+        raise ValueError(
+            f"prefix must be [n={n}, K, b={model.B}, k={model.embedder.cell_dim}] blocks, got {tuple(prefix.shape)}"
+        )
+    if prefix.shape[1] >= model.T:
+        raise ValueError(f"a prefix of {prefix.shape[1]} blocks leaves none of the {model.T} to generate")
+    return list(prefix.to(device).unbind(1))
+
+
+class _Watch:
+    """Hands an observer merged latents: the finished blocks, zeros in the rest."""
+
+    def __init__(self, model, observer, n: int, device):
+        self.model, self.observer = model, observer
+        self.steps = observer is not None and observer.wants_steps
+        self.canvas = None if observer is None else torch.zeros(n, model.T, model.B, model.embedder.cell_dim, device=device)
+
+    def finished(self, j: int, block: torch.Tensor) -> None:
+        if self.observer is not None:
+            self.canvas[:, j] = block
+            self.observer.block_finished(j, self.model.from_blocks(self.canvas.clone()))
+
+    def step(self, j: int, s: int, estimate: torch.Tensor | None) -> None:
+        if estimate is None:
+            raise ValueError("this sampler cannot give a clean-sample estimate per step (Sampler.denoised)")
+        canvas = self.canvas.clone()
+        canvas[:, j] = estimate[: canvas.shape[0]]
+        self.observer.step(j, s, self.model.from_blocks(canvas))
 
 
 @torch.no_grad()

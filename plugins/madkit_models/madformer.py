@@ -283,11 +283,21 @@ class MADFormer(GenerativeModel):
     def class_conditional(self) -> bool:
         return self.class_embed is not None
 
-    def generate(self, sampler, generators, labels=None, steps=None, guidance=None, use_cache=True):
+    def generate(self, sampler, generators, labels=None, steps=None, guidance=None, use_cache=True, prefix=None,
+                 keep=0, observer=None):
         from madkit_models.blockwise import generate_blocks
 
-        blocks = generate_blocks(self, sampler, generators, labels, steps, guidance, use_cache)
+        kept = self.to_blocks(prefix.float())[:, :keep] if prefix is not None and keep else None
+        blocks = generate_blocks(
+            self, sampler, generators, labels, steps, guidance, use_cache, prefix=kept, observer=observer
+        )
         return self.from_blocks(blocks)
+
+    def block_index(self) -> torch.Tensor:
+        """Which block (in generation order) each latent cell belongs to: block numbers merged back."""
+        ids = torch.arange(self.T, dtype=torch.float32)[None, :, None, None]
+        merged = self.from_blocks(ids.expand(1, self.T, self.B, self.embedder.cell_dim))
+        return merged[0, 0].round().long()
 
     def compute_cost(self, steps: int):
         from madkit_models.cost import model_cost
