@@ -54,22 +54,28 @@ def status_rows(plan: list[PlannedJob], state: StudyState, folder: Path, registr
         # a job that ended without leaving what it was for (its run trained, its records) failed
         return "failed" if states.get(job_id) == "done" else states.get(job_id, "pending")
 
-    def log_of(key: str) -> str:
-        return str(job_paths(folder, ids[key]).stderr) if ids[key] else "-"
+    def log_of(key: str, state: str) -> str:
+        """The job's stdout (madkit's progress), or its stderr when it failed (the traceback)."""
+        if not ids[key]:
+            return "-"
+        paths = job_paths(folder, ids[key])
+        return str(paths.stderr if state == "failed" else paths.stdout)
 
     rows = []
     for job in plan:
         if job.run is not None:
             run, done = job.run, trained_steps(job.run, registry) >= job.run.loaded.spec.train.steps
-            rows.append({"kind": "run", "name": run.run_dir.name, "state": "done" if done else job_state(job.key),
-                         "job": ids[job.key] or "-", "log": log_of(job.key), "step": _last_step(run), "fid": None})
+            state = "done" if done else job_state(job.key)
+            rows.append({"kind": "run", "name": run.run_dir.name, "state": state, "job": ids[job.key] or "-",
+                         "log": log_of(job.key, state), "step": _last_step(run), "fid": None})
             continue
         for run in job.runs:
             for steps in job.steps:
                 record = find_record(run, steps, job.function.request)
-                rows.append({"kind": "point", "name": f"{run.run_dir.name}@{steps}",
-                             "state": "done" if record else job_state(job.key), "job": ids[job.key] or "-",
-                             "log": log_of(job.key), "step": record["checkpoint"]["step"] if record else None,
+                state = "done" if record else job_state(job.key)
+                rows.append({"kind": "point", "name": f"{run.run_dir.name}@{steps}", "state": state,
+                             "job": ids[job.key] or "-", "log": log_of(job.key, state),
+                             "step": record["checkpoint"]["step"] if record else None,
                              "fid": record["metric_values"].get("fid") if record else None})
     return rows
 
