@@ -87,7 +87,7 @@ def scripts(books: Path) -> dict[str, str]:
     out = {}
     for path in sorted(books.glob("script-*.sh"), key=lambda p: int(p.stem.split("-")[1])):
         text = path.read_text()
-        out[re.search(r"--job-name=madkit-(\S+)", text).group(1)] = text
+        out[re.search(r"--job-name=madkit-(\S+)", text).group(1).split("-at-")[0]] = text  # eval-d1-at-1-2-3
     return out
 
 
@@ -108,6 +108,8 @@ def test_every_job_carries_the_directives_and_evaluation_waits_for_its_training(
     assert "--nodes=2" in train and "--ntasks-per-node=4" in train and "--gpus-per-node=4" in train
     assert "--time=2160" in train and "--dependency" not in train
     ids = json.loads((out / "study_jobs.json").read_text())["jobs"]
+    assert sorted(ids) == ["eval/d1@1-2", "eval/d2@1-2", "train/d1-seed0", "train/d1-seed1", "train/d2-seed0",
+                           "train/d2-seed1"]
     for setting in ("d1", "d2"):
         text = submitted[f"eval-{setting}"]  # one node of 2 GPUs, after both seeds' training jobs
         waits = ":".join(ids[f"train/{setting}-seed{s}"]["ids"][0] for s in (0, 1))
@@ -123,7 +125,7 @@ def test_status_and_a_second_launch_resubmit_only_what_failed(tmp_path, fake_slu
     assert main(["study", str(design), "--out", str(out), "--launcher", "slurm"]) == 0
     ids = {k: v["ids"][-1] for k, v in json.loads((out / "study_jobs.json").read_text())["jobs"].items()}
     states = {"train/d1-seed0": "RUNNING", "train/d1-seed1": "PENDING", "train/d2-seed0": "FAILED",
-              "train/d2-seed1": "COMPLETED", "eval/d1": "PENDING", "eval/d2": "CANCELLED by 0"}
+              "train/d2-seed1": "COMPLETED", "eval/d1@1-2": "PENDING", "eval/d2@1-2": "CANCELLED by 0"}
     for key, state in states.items():
         (fake_slurm / "states" / ids[key]).write_text(state)
     capsys.readouterr()
@@ -133,7 +135,7 @@ def test_status_and_a_second_launch_resubmit_only_what_failed(tmp_path, fake_slu
     assert row["d1-seed0"] == ["running", ids["train/d1-seed0"]] and row["d1-seed1"] == ["pending", ids["train/d1-seed1"]]
     # d2-seed1's job completed without a trained run folder: it failed, whatever SLURM says
     assert row["d2-seed0"][0] == "failed" and row["d2-seed1"][0] == "failed"
-    assert row["d1-seed0@1"] == ["pending", ids["eval/d1"]] and row["d2-seed0@2"][0] == "failed"
+    assert row["d1-seed0@1"] == ["pending", ids["eval/d1@1-2"]] and row["d2-seed0@2"][0] == "failed"
     assert f"{(out / 'jobs').resolve()}/{ids['train/d1-seed0']}_0_log.out" in table  # madkit's progress
     assert f"{(out / 'jobs').resolve()}/{ids['train/d2-seed0']}_0_log.err" in table  # a failed job's traceback
     assert "sacct -o JobID,State,NodeList --parsable2" in (fake_slurm / "calls.log").read_text()
@@ -141,7 +143,7 @@ def test_status_and_a_second_launch_resubmit_only_what_failed(tmp_path, fake_slu
     assert main(["study", str(design), "--out", str(out), "--launcher", "slurm"]) == 0
     jobs = json.loads((out / "study_jobs.json").read_text())["jobs"]
     again = {k for k, v in jobs.items() if len(v["ids"]) == 2}
-    assert again == {"train/d2-seed0", "train/d2-seed1", "eval/d2"}  # running and pending jobs are left alone
+    assert again == {"train/d2-seed0", "train/d2-seed1", "eval/d2@1-2"}  # running and pending jobs are left alone
     # the new evaluation job waits for the new training jobs of d2; d1's keeps waiting for its own
     text = scripts(fake_slurm)["eval-d2"]
     assert f"--dependency=afterok:{jobs['train/d2-seed0']['ids'][1]}:{jobs['train/d2-seed1']['ids'][1]}" in text
@@ -153,7 +155,7 @@ def test_dry_run_prints_the_scripts_and_the_graph_and_submits_nothing(tmp_path, 
     text = capsys.readouterr().out
     assert text.count("#!/bin/bash") == 6 and "--partition=gpu-long" in text
     assert "--dependency='afterok:<train/d1-seed0>:<train/d1-seed1>'" in text
-    assert "eval/d2  after train/d2-seed0, train/d2-seed1" in text and "train/d1-seed0  (no dependency)" in text
+    assert "eval/d2@1-2  after train/d2-seed0, train/d2-seed1" in text and "train/d1-seed0  (no dependency)" in text
     assert not out.exists()
 
 

@@ -91,7 +91,8 @@ def run(args) -> int:
     folder = Path(args.folder)
     out = Path(args.out) if args.out else Path("runs") / folder.resolve().name
     registry = Registry.load()
-    study = plan_study(folder, out, registry, overrides, args.sets)
+    # neither --cost nor --dry-run reads data or weights: both work where they are not (a laptop, a login node)
+    study = plan_study(folder, out, registry, overrides, args.sets, check_resources=not (args.cost or args.dry_run))
     if args.cost:
         from madkit.engine.studies.cost import format_cost, study_cost
 

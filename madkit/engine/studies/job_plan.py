@@ -1,6 +1,9 @@
 """A study as jobs (``madkit study DIR --launcher local|slurm``): one training job per run and one
 evaluation job per setting (every run of the setting at every step count it is evaluated at), which
 waits for the training jobs of its runs (SLURM's afterok).
+
+Keys: ``train/<spec>-seed<s>`` (the run folder's name, so studies sharing an --out share the runs
+of a common baseline) and ``eval/<spec>@<step counts>``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from madkit.engine.studies.runner import (
 
 @attrs.frozen
 class PlannedJob:
-    key: str  # "train/d1-seed0", "eval/d1": the state file's and the table's name for it
+    key: str  # "train/d1-seed0", "eval/d1@1-2-6": the state file's and the table's name for it
     function: Any  # TrainJob or EvalJob
     after: tuple[str, ...]  # the keys of the jobs it waits for
     nodes: int
@@ -63,7 +66,8 @@ def plan_jobs(study: Study, registry, sets: Sequence[str], device: str = "auto",
         runs = tuple(r for r in study.runs if r.setting == setting)
         steps = tuple(evaluated_steps(study.config, matches[setting]))
         function = EvalJob(request, tuple(str(r.run_dir.resolve()) for r in runs), steps, device, threads)
-        jobs.append(PlannedJob(f"eval/{setting}", function, tuple(train_key(r) for r in runs), 1,
+        # the step counts name the job: studies sharing an --out (and a baseline's runs) each get their points
+        jobs.append(PlannedJob(f"eval/{setting}@{'-'.join(map(str, steps))}", function, tuple(train_key(r) for r in runs), 1,
                                launcher.evaluation_gpus, time_minutes(launcher.eval_time or launcher.time),
                                runs=runs, steps=steps))
     return jobs

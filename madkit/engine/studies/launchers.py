@@ -20,12 +20,17 @@ from madkit.errors import ConfigError
 
 LAUNCHERS = ("inline", "local", "slurm")
 JOBS_DIR = "jobs"
+MAX_TIMEOUTS = 20  # requeues after hitting the time limit, per job (preemptions do not count)
+
+
+def job_name(job: PlannedJob) -> str:
+    return "madkit-" + job.key.replace("/", "-").replace("@", "-at-")
 
 
 def slurm_parameters(config: LauncherConfig, job: PlannedJob, dependency: str | None) -> dict[str, Any]:
     """The job's sbatch options, in the names submitit's SlurmExecutor takes."""
     params: dict[str, Any] = {
-        "job_name": f"madkit-{job.key.replace('/', '-')}", "time": job.minutes, "nodes": job.nodes,
+        "job_name": job_name(job), "time": job.minutes, "nodes": job.nodes,
         "ntasks_per_node": max(1, job.gpus_per_node), "setup": list(config.setup) or None,
         "partition": config.partition, "account": config.account, "qos": config.qos,
         "cpus_per_task": config.cpus_per_task, "mem": config.mem, "constraint": config.constraint,
@@ -39,7 +44,7 @@ def slurm_parameters(config: LauncherConfig, job: PlannedJob, dependency: str | 
 
 
 def local_parameters(job: PlannedJob) -> dict[str, Any]:
-    return {"name": f"madkit-{job.key.replace('/', '-')}", "timeout_min": job.minutes,
+    return {"name": job_name(job), "timeout_min": job.minutes,
             "tasks_per_node": max(1, job.gpus_per_node * job.nodes), "gpus_per_node": job.gpus_per_node * job.nodes}
 
 
@@ -57,7 +62,8 @@ def make_executor(launcher: str, folder: Path, config: LauncherConfig):
         raise ConfigError(f"--launcher slurm: {', '.join(missing)} not found on PATH; run it on a SLURM login node "
                           "(or see the jobs with --dry-run)")
     python = config.python or shlex.quote(sys.executable)
-    return submitit.SlurmExecutor(folder=folder, python=python)
+    # a training longer than the time limit is requeued at each timeout and resumes: allow a long run many
+    return submitit.SlurmExecutor(folder=folder, python=python, max_num_timeout=MAX_TIMEOUTS)
 
 
 def submit(executor, launcher: str, config: LauncherConfig, job: PlannedJob, dependency: str | None):

@@ -109,8 +109,9 @@ class Study:
 
 
 def plan_study(folder: str | Path, out: str | Path, registry: Registry, overrides: dict[str, Any] | None = None,
-               sets: Sequence[str] = ()) -> Study:
-    """Read the design and check every spec with every seed (``sets`` apply to all) before anything runs."""
+               sets: Sequence[str] = (), check_resources: bool = True) -> Study:
+    """Read the design and check every spec with every seed (``sets`` apply to all) before anything runs;
+    ``check_resources=False``: without looking for data folders and weights (--cost, --dry-run)."""
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder; pass a study folder of experiment specs")
@@ -126,7 +127,7 @@ def plan_study(folder: str | Path, out: str | Path, registry: Registry, override
             continue
         for seed in config.seeds:
             try:
-                loaded = load_spec(path, [*sets, f"seed={seed}"], registry)
+                loaded = load_spec(path, [*sets, f"seed={seed}"], registry, check_resources=check_resources)
             except SpecError as exc:
                 problems.extend(exc.lines)
                 break  # the same problems for every seed
