@@ -15,7 +15,7 @@ optionally ``study.toml``, the design (every key optional; command-line options 
     extractor = {kind = "proxy"}    # default: the data's default (proxy for OpenMoji, else inception)
     [launcher]                      # where jobs run with --launcher local|slurm (launcher_config.py)
 
-The runner
+The runner (inline; ``--launcher local|slurm`` submits the same work as jobs, see launch.py)
 1. trains OUT/runs/<spec>-seed<s> for every spec and seed (``madkit run``'s trainer, in this process),
    skipping runs already trained to their ``train.steps`` and resuming unfinished ones; a run folder
    holding a different spec is refused rather than mixed;
