@@ -288,3 +288,22 @@ def test_local_jobs_give_the_inline_study_csv_and_a_killed_training_resumes(fini
     assert [(r["setting"], r["steps"], r["fid"], r["fid_std"]) for r in mine] == \
         [(r["setting"], r["steps"], r["fid"], r["fid_std"]) for r in theirs]
     assert mine == theirs
+
+
+@pytest.mark.slow
+def test_a_two_task_local_job_trains_on_two_ranks_and_evaluates_in_two_shards(finished, tmp_path, capsys):
+    """[launcher] gpus_per_node = 2 on a CPU machine: each job is 2 tasks forming a gloo group from
+    submitit's variables; the run and its FID equal the inline study's (one process)."""
+    folder, inline = finished
+    design = tmp_path / "two"
+    design.mkdir()
+    (design / "d1.toml").write_text((folder / "d1.toml").read_text())
+    (design / "study.toml").write_text("seeds = [0]\nsteps = [1]\nnum = 8\nbatch = 8\n\n[launcher]\ngpus_per_node = 2\n")
+    out = tmp_path / "out"
+    assert main(["study", str(design), "--out", str(out), "--launcher", "local", "--threads", "1"]) == 0
+    (train_log,) = [p for p in (out / "jobs").glob("*_0_log.out") if "global batch" in p.read_text()]
+    assert "global batch 8 = 2 rank(s) x 1 x 4" in train_log.read_text()
+    (record,) = [json.loads(p.read_text()) for p in (out / "runs" / "d1-seed0" / "eval").glob("*.json")]
+    assert record["shards"] == 2
+    (theirs,) = [p for p in read_csv(inline / "points.csv") if p["run"].endswith("d1-seed0") and p["steps"] == "1"]
+    assert record["fid"] == pytest.approx(float(theirs["fid"]), rel=1e-6)

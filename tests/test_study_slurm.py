@@ -181,3 +181,23 @@ def test_without_sbatch_the_slurm_launcher_says_where_to_run(tmp_path, capsys, m
     design = write_design(tmp_path / "design")
     assert main(["study", str(design), "--out", str(tmp_path / "out"), "--launcher", "slurm"]) == 2
     assert "sbatch, srun, sacct not found on PATH" in capsys.readouterr().err
+
+
+def test_a_task_of_a_multi_node_job_joins_its_torch_distributed_group(monkeypatch):
+    """Task 5 of 8 (2 nodes x 4 GPUs) as SLURM starts it: the variables torchrun would have set."""
+    from madkit.engine.studies.jobs import join_job_group
+
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "8", "SLURM_PROCID": "5",
+             "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
+             "SLURM_JOB_NODELIST": "gpu[017-018]"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.setenv(key, "stale")  # left by a requeued job: overwritten
+    monkeypatch.delenv("MASTER_PORT", raising=False)  # (one set in the launcher's setup lines is kept)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert join_job_group() == 8
+    assert [os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")] == \
+        ["5", "8", "1", "4", "gpu017"]
+    assert 20000 <= int(os.environ["MASTER_PORT"]) <= 60000  # the same on every task: seeded by the job id
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"  # each rank picks cuda:LOCAL_RANK, as under torchrun
