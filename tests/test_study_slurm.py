@@ -201,3 +201,11 @@ def test_a_task_of_a_multi_node_job_joins_its_torch_distributed_group(monkeypatc
         ["5", "8", "1", "4", "gpu017"]
     assert 20000 <= int(os.environ["MASTER_PORT"]) <= 60000  # the same on every task: seeded by the job id
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"  # each rank picks cuda:LOCAL_RANK, as under torchrun
+
+
+@pytest.mark.parametrize("text, minutes", [("24:00:00", 1440), ("1-12:00:00", 2160), ("90", 90), ("45:30", 46),
+                                           ("2-12", 3600), ("1-12:30", 2190), ("0:00:30", 1)])
+def test_time_limits_in_slurms_formats_become_whole_minutes(text, minutes):
+    from madkit.engine.studies.launcher_config import time_minutes
+
+    assert time_minutes(text) == minutes

@@ -91,8 +91,9 @@ def run(args) -> int:
     folder = Path(args.folder)
     out = Path(args.out) if args.out else Path("runs") / folder.resolve().name
     registry = Registry.load()
-    # neither --cost nor --dry-run reads data or weights: both work where they are not (a laptop, a login node)
-    study = plan_study(folder, out, registry, overrides, args.sets, check_resources=not (args.cost or args.dry_run))
+    # --cost, --dry-run and --status read no data: they work where it is not (a laptop, a login node)
+    study = plan_study(folder, out, registry, overrides, args.sets,
+                       check_resources=not (args.cost or args.dry_run or args.status))
     if args.cost:
         from madkit.engine.studies.cost import format_cost, study_cost
 
