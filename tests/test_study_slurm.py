@@ -39,6 +39,7 @@ setup = ["module load cuda/12.4", "source /opt/venvs/madkit/bin/activate"]
 # sacct answers each -j with the state written in states/<id> (PENDING until the test writes one)
 FAKES = {
     "sbatch": """
+if grep -q -- "--partition=nowhere" "$1"; then echo "sbatch: error: invalid partition specified: nowhere" >&2; exit 1; fi
 n=$(( $(cat "$SLURM_FAKE/next" 2>/dev/null || echo 0) + 1 )); echo $n > "$SLURM_FAKE/next"
 cp "$1" "$SLURM_FAKE/script-$n.sh"
 echo "Submitted batch job $n"
@@ -209,3 +210,22 @@ def test_time_limits_in_slurms_formats_become_whole_minutes(text, minutes):
     from madkit.engine.studies.launcher_config import time_minutes
 
     assert time_minutes(text) == minutes
+
+
+def test_a_job_sbatch_refuses_is_one_line_naming_the_launcher_table(tmp_path, fake_slurm, capsys):
+    design, out = write_design(tmp_path / "design"), tmp_path / "out"
+    toml = design / "study.toml"
+    toml.write_text(toml.read_text().replace('partition = "gpu-long"', 'partition = "nowhere"'))
+    assert main(["study", str(design), "--out", str(out), "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert ("submitting train/d1-seed0 failed: sbatch: error: invalid partition specified: nowhere; check the "
+            f"[launcher] table of {toml}") in err
+
+
+def test_a_study_launched_locally_is_not_mixed_with_slurm_jobs(tmp_path, fake_slurm, capsys):
+    design, out = write_design(tmp_path / "design"), tmp_path / "out"
+    out.mkdir()
+    (out / "study_jobs.json").write_text('{"launcher": "local", "jobs": {}}')
+    assert main(["study", str(design), "--out", str(out), "--launcher", "slurm"]) == 2
+    assert "holds jobs of --launcher local; pass that launcher, or another --out" in capsys.readouterr().err
+    assert not (fake_slurm / "calls.log").exists()

@@ -72,7 +72,14 @@ class Launch:
     def _submit(self, job: PlannedJob, dependency: str | None) -> None:
         if self.executor is None:
             self.executor = make_executor(self.launcher, self.folder, self.study.config.launcher)
-        submitted = submit(self.executor, self.launcher, self.study.config.launcher, job, dependency)
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+        try:
+            submitted = submit(self.executor, self.launcher, self.study.config.launcher, job, dependency)
+        except (FailedJobError, FailedSubmissionError) as exc:  # sbatch refused it: its own words, one line
+            said = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise ConfigError(f"submitting {job.key} failed: {said[-1] if said else exc}; check the [launcher] table "
+                              f"of {self.study.folder / 'study.toml'}") from None
         if self.launcher == "local":
             self.submitted.append(submitted)
         self.state.record(job.key, self.launcher, str(submitted.job_id))
