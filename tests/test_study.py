@@ -3,7 +3,9 @@ trained once, finished runs skipped, points at matched compute, the mean and spr
 verdict per budget.
 
 The end-to-end study trains two tiny specs (D = 1 and D = 2 of N = 4) with two seeds for 2 steps;
-metrics use the offline proxy extractor, trained once into a temporary cache.
+metrics use the offline proxy extractor, trained once into a temporary cache. The same study then
+runs as jobs through submitit's local executor (--launcher local, real subprocesses; launch.py) and
+must give the same study.csv; the SLURM path is tests/test_study_slurm.py.
 """
 
 from __future__ import annotations
