@@ -36,8 +36,8 @@ from typing import Any
 
 import attrs
 
-from madkit.errors import ConfigError
 from madkit.engine.studies.launcher_config import LauncherConfig
+from madkit.errors import ConfigError
 from madkit.experiment_spec import LoadedSpec, load_spec
 from madkit.registry import Registry
 from madkit.spec import Problems, SpecError, make_converter, structure
@@ -111,7 +111,7 @@ class Study:
 def plan_study(folder: str | Path, out: str | Path, registry: Registry, overrides: dict[str, Any] | None = None,
                sets: Sequence[str] = (), check_resources: bool = True) -> Study:
     """Read the design and check every spec with every seed (``sets`` apply to all) before anything runs;
-    ``check_resources=False``: without looking for data folders and weights (--cost, --dry-run)."""
+    ``check_resources=False``: without looking for data folders and weights (--cost, --dry-run, --status)."""
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder; pass a study folder of experiment specs")
