@@ -142,7 +142,8 @@ COMMANDS = {
     "export": ["--out"],
     "report": ["--out"],
     "fid-stats": ["--out", "--num", "--extractor", "--threads"],
-    "study": ["--seeds", "--steps", "--budget-steps", "--num", "--cost", "--mfu", "--threads", "--train-only"],
+    "study": ["--seeds", "--steps", "--budget-steps", "--num", "--cost", "--mfu", "--threads", "--train-only",
+              "--launcher", "--dry-run", "--status"],
     "import-reference": ["--spec", "--out"],
 }
 

@@ -3,7 +3,9 @@ trained once, finished runs skipped, points at matched compute, the mean and spr
 verdict per budget.
 
 The end-to-end study trains two tiny specs (D = 1 and D = 2 of N = 4) with two seeds for 2 steps;
-metrics use the offline proxy extractor, trained once into a temporary cache.
+metrics use the offline proxy extractor, trained once into a temporary cache. The same study then
+runs as jobs through submitit's local executor (--launcher local, real subprocesses; launch.py) and
+must give the same study.csv; the SLURM path is tests/test_study_slurm.py.
 """
 
 from __future__ import annotations
@@ -182,3 +184,128 @@ def test_validate_checks_a_study_design_as_a_study(tmp_path, capsys):
     (bad / "a.toml").write_text((toy / "d2.toml").read_text())
     assert main(["validate", str(bad / "study.toml")]) == 2
     assert "study.toml: seedz: unknown key; did you mean 'seeds'?" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- launched as local jobs
+GATE = '''
+import os, time
+from pathlib import Path
+
+import attrs
+
+from madkit.hookspecs import hookimpl
+from madkit.interfaces import Sink
+
+
+@attrs.frozen
+class GateConfig:
+    """Holds one run's training at its last step (after its step-1 checkpoint) until ``folder/release``
+    exists, its process id in ``folder/held.pid``: a job the test kills mid-training."""
+
+    run: str
+    folder: str
+
+    def build(self, run_dir):
+        return Gate(self, Path(run_dir))
+
+
+class Gate(Sink):
+    def __init__(self, config, run_dir):
+        self.config, self.run_dir = config, run_dir
+
+    def log_scalars(self, step, scalars):
+        folder = Path(self.config.folder)
+        if self.run_dir.name != self.config.run or step != 2 or (folder / "release").exists():
+            return
+        (folder / "held.pid").write_text(str(os.getpid()))
+        while not (folder / "release").exists():
+            time.sleep(0.05)
+
+
+@hookimpl
+def madkit_register(registry):
+    registry.register("sink", "test-gate", GateConfig)
+'''
+
+
+def _states(table: str) -> dict[str, str]:
+    return {line.split()[1]: line.split()[2] for line in table.splitlines() if line.startswith(("run ", "point "))}
+
+
+def _status(folder: Path, out: Path, capsys) -> dict[str, str]:
+    capsys.readouterr()
+    assert main(["study", str(folder), "--out", str(out), "--status"]) == 0
+    return _states(capsys.readouterr().out)
+
+
+def test_local_jobs_give_the_inline_study_csv_and_a_killed_training_resumes(finished, tmp_path, plugin_site,
+                                                                          monkeypatch, capsys):
+    """The same study as the inline fixture, through submitit's local executor (real subprocesses):
+    d1-seed0's training job is killed after its step-1 checkpoint; the next invocation submits it
+    again (and d1's evaluation), it resumes, and study.csv equals the inline one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder, inline = finished
+    plugin_site.install("madkit-test-gate", "1.0", {"test-gate": "study_gate"}, {"study_gate.py": GATE})
+    gate, out = tmp_path / "gate", tmp_path / "launched"
+    gate.mkdir()
+    command = ["study", str(folder), "--out", str(out), "--launcher", "local", "--threads", "1",
+               "--set", "train.ckpt_every=1",
+               "--set", f'log.sinks=[{{kind = "test-gate", run = "d1-seed0", folder = "{gate.as_posix()}"}}]']
+    # every job process, whoever starts it, finds the gate plugin
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugin_site.root), os.environ.get("PYTHONPATH", "")]))
+    first = subprocess.Popen([sys.executable, "-m", "madkit", *command], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (gate / "held.pid").is_file():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
+            time.sleep(0.2)
+        held = _status(folder, out, capsys)  # d1-seed0 held mid-training; d1's evaluation waits for it
+        assert held["d1-seed0"] == "running" and held["d1-seed0@1"] == "pending"
+        os.kill(int((gate / "held.pid").read_text()), signal.SIGKILL)
+        output = first.communicate(timeout=300)[0]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 1 and "run the same command again" in output, output
+    killed = _status(folder, out, capsys)
+    assert killed["d1-seed0"] == "failed" and killed["d1-seed0@1"] == "pending"
+    assert killed["d2-seed0@1"] == killed["d1-seed1"] == "done"
+    assert not (out / "study.csv").exists()
+
+    (gate / "release").touch()
+    assert main(command) == 0
+    jobs = json.loads((out / "study_jobs.json").read_text())["jobs"]
+    assert {k for k, v in jobs.items() if len(v["ids"]) > 1} == {"train/d1-seed0"}  # nothing done runs again
+    resumed = Path(next(line.split()[-1] for line in capsys.readouterr().out.splitlines()
+                        if line.startswith("run   d1-seed0")))
+    assert "resuming from" in resumed.read_text() and "checkpoints/00000001 at step 1" in resumed.read_text()
+    assert set(_status(folder, out, capsys).values()) == {"done"}
+    mine, theirs = read_csv(out / "study.csv"), read_csv(inline / "study.csv")
+    assert [(r["setting"], r["steps"], r["fid"], r["fid_std"]) for r in mine] == \
+        [(r["setting"], r["steps"], r["fid"], r["fid_std"]) for r in theirs]
+    assert mine == theirs
+
+
+@pytest.mark.slow
+def test_a_two_task_local_job_trains_on_two_ranks_and_evaluates_in_two_shards(finished, tmp_path, capsys):
+    """[launcher] gpus_per_node = 2 on a CPU machine: each job is 2 tasks forming a gloo group from
+    submitit's variables; the run and its FID equal the inline study's (one process)."""
+    folder, inline = finished
+    design = tmp_path / "two"
+    design.mkdir()
+    (design / "d1.toml").write_text((folder / "d1.toml").read_text())
+    (design / "study.toml").write_text("seeds = [0]\nsteps = [1]\nnum = 8\nbatch = 8\n\n[launcher]\ngpus_per_node = 2\n")
+    out = tmp_path / "out"
+    assert main(["study", str(design), "--out", str(out), "--launcher", "local", "--threads", "1"]) == 0
+    (train_log,) = [p for p in (out / "jobs").glob("*_0_log.out") if "global batch" in p.read_text()]
+    assert "global batch 8 = 2 rank(s) x 1 x 4" in train_log.read_text()
+    (record,) = [json.loads(p.read_text()) for p in (out / "runs" / "d1-seed0" / "eval").glob("*.json")]
+    assert record["shards"] == 2
+    (theirs,) = [p for p in read_csv(inline / "points.csv") if p["run"].endswith("d1-seed0") and p["steps"] == "1"]
+    assert record["fid"] == pytest.approx(float(theirs["fid"]), rel=1e-6)

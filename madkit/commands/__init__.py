@@ -1,6 +1,7 @@
 """One module per ``madkit`` subcommand, each with ``add_parser(subparsers)`` and ``run(args) -> int``.
 
 Modules are imported only when listed here; heavy imports (torch, diffusers) belong inside ``run``.
+``study_launch`` is no subcommand: it is ``study``'s half for ``--launcher local|slurm`` and ``--status``.
 """
 
 from madkit.errors import UserError

@@ -4,6 +4,9 @@ seeds, sweep them over sampling steps at matched compute, and write the study's 
 The design lives in DIR/study.toml (see madkit.engine.studies.runner); the options below override it. Run the
 same command again to continue: finished runs are skipped, unfinished ones resume, and evaluation
 records already written are reused.
+
+``--launcher local|slurm`` submits the runs and evaluations as jobs through submitit instead
+(madkit.commands.study_launch); ``--status`` shows where they stand and gathers the results.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ def add_parser(sub) -> None:
     p.add_argument("--mfu", type=float, default=0.1, help="with --cost: the assumed model FLOPs utilisation")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="with --cost: the accelerator's dense bf16 peak (default: an H100/H200, 989)")
+    p.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
+                   help="inline: train and evaluate in this process (default); local or slurm: submit one job per run "
+                   "and one per setting's evaluation through submitit (study.toml's [launcher]: partition, GPUs, "
+                   "time...), evaluation after its training; run again to submit what is missing or failed")
+    p.add_argument("--dry-run", action="store_true", help="with --launcher local|slurm: print every job's sbatch "
+                   "script (or command) and the dependencies between jobs, and submit nothing")
+    p.add_argument("--status", action="store_true", help="print every run's and point's state (pending, running, "
+                   "done, failed), job id, log, last step and FID; once all are done, write the results")
     add_threads_arg(p)
 
 
@@ -82,7 +93,9 @@ def run(args) -> int:
     folder = Path(args.folder)
     out = Path(args.out) if args.out else Path("runs") / folder.resolve().name
     registry = Registry.load()
-    study = plan_study(folder, out, registry, overrides, args.sets)
+    # --cost, --dry-run and --status read no data: they work where it is not (a laptop, a login node)
+    study = plan_study(folder, out, registry, overrides, args.sets,
+                       check_resources=not (args.cost or args.dry_run or args.status))
     if args.cost:
         from madkit.engine.studies.cost import format_cost, study_cost
 
@@ -92,6 +105,12 @@ def run(args) -> int:
         return 0
     for planned in study.runs:  # a folder holding another spec is refused before anything trains
         trained_steps(planned, registry)
+    if args.launcher != "inline" or args.status:
+        from madkit.commands.study_launch import run_launched
+
+        return run_launched(args, study, registry, log)
+    if args.dry_run:
+        raise UsageError("--dry-run shows the jobs of --launcher local or slurm; the inline study runs no job")
     started = time.perf_counter()
     log(f"study {folder}: {len(study.settings)} setting(s) x {len(study.config.seeds)} seed(s) into {out}")
     training = train_runs(study, registry, log)

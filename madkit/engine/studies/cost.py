@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from madkit.engine.studies.runner import Study, budgets_and_matches, setting_costs
+from madkit.engine.studies.runner import Study, budgets_and_matches, evaluated_steps, setting_costs
 
 
 def study_cost(study: Study, registry, mfu: float, peak_flops: float) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def study_cost(study: Study, registry, mfu: float, peak_flops: float) -> dict[st
     for setting in study.settings:
         spec = next(r.loaded.spec for r in study.runs if r.setting == setting)
         train = costs[setting].cost(1)["train_flops_per_image"] * spec.train.steps * spec.train.batch * seeds
-        steps = sorted(set(config.steps) | {m for m in matches[setting] if m})
+        steps = evaluated_steps(config, matches[setting])
         sample = sum(costs[setting].cost(s)["sample_flops_per_image"] for s in steps) * config.num * seeds
         rows.append({"setting": setting, "label": costs[setting].label, "runs": seeds,
                      "train_steps": spec.train.steps, "batch": spec.train.batch, "eval_steps": steps,

@@ -13,8 +13,9 @@ optionally ``study.toml``, the design (every key optional; command-line options 
     eval_seed = 0                   # image i's noise comes from (eval_seed, i), the same for every run
     sampler = "ddim"                # default: each spec's own
     extractor = {kind = "proxy"}    # default: the data's default (proxy for OpenMoji, else inception)
+    [launcher]                      # where jobs run with --launcher local|slurm (launcher_config.py)
 
-The runner
+The runner (inline; ``--launcher local|slurm`` submits the same work as jobs, see launch.py)
 1. trains OUT/runs/<spec>-seed<s> for every spec and seed (``madkit run``'s trainer, in this process),
    skipping runs already trained to their ``train.steps`` and resuming unfinished ones; a run folder
    holding a different spec is refused rather than mixed;
@@ -35,6 +36,7 @@ from typing import Any
 
 import attrs
 
+from madkit.engine.studies.launcher_config import LauncherConfig
 from madkit.errors import ConfigError
 from madkit.experiment_spec import LoadedSpec, load_spec
 from madkit.registry import Registry
@@ -67,6 +69,7 @@ class StudyConfig:
     eval_seed: int = 0
     sampler: str | None = None
     extractor: dict[str, Any] = attrs.Factory(dict)
+    launcher: LauncherConfig = attrs.Factory(LauncherConfig)
 
 
 def load_study_config(folder: Path, registry: Registry, overrides: dict[str, Any]) -> StudyConfig:
@@ -106,8 +109,9 @@ class Study:
 
 
 def plan_study(folder: str | Path, out: str | Path, registry: Registry, overrides: dict[str, Any] | None = None,
-               sets: Sequence[str] = ()) -> Study:
-    """Read the design and check every spec with every seed (``sets`` apply to all) before anything runs."""
+               sets: Sequence[str] = (), check_resources: bool = True) -> Study:
+    """Read the design and check every spec with every seed (``sets`` apply to all) before anything runs;
+    ``check_resources=False``: without looking for data folders and weights (--cost, --dry-run, --status)."""
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder; pass a study folder of experiment specs")
@@ -123,7 +127,7 @@ def plan_study(folder: str | Path, out: str | Path, registry: Registry, override
             continue
         for seed in config.seeds:
             try:
-                loaded = load_spec(path, [*sets, f"seed={seed}"], registry)
+                loaded = load_spec(path, [*sets, f"seed={seed}"], registry, check_resources=check_resources)
             except SpecError as exc:
                 problems.extend(exc.lines)
                 break  # the same problems for every seed
@@ -232,28 +236,40 @@ def budgets_and_matches(study: Study, costs: dict[str, SettingCost]) -> tuple[li
     return budgets, matches
 
 
+def eval_request(config: StudyConfig) -> Any:
+    """How every point of the study samples and measures (an evaluation.points.Request)."""
+    from madkit.engine.evaluation.points import Request
+
+    return Request(num=config.num, seed=config.eval_seed, sampler=config.sampler, batch=config.batch,
+                   metrics=("fid",), extractor=dict(config.extractor) or None)
+
+
+def evaluated_steps(config: StudyConfig, matched: Sequence[int | None]) -> list[int]:
+    """A setting's step counts: the grid and its budget-matched counts."""
+    return sorted(set(config.steps) | {m for m in matched if m})
+
+
 def evaluate_runs(study: Study, registry: Registry, device: Any, log: Callable[[str], None],
                   force: bool = False) -> dict[str, Any]:
     """Every run at the grid and at its budget-matched step counts; returns the points and the plan."""
-    from madkit.engine.evaluation.points import Evaluator, Request
+    from madkit.engine.evaluation.points import Evaluator
     from madkit.engine.evaluation.sweep import run_sweep
     from madkit.threads import apply_threads
 
     config, started, cpu = study.config, time.perf_counter(), time.process_time()
     log(f"evaluating with {apply_threads(0)}")  # the rule training uses (train.threads = 0), as it stands now
-    request = Request(num=config.num, seed=config.eval_seed, sampler=config.sampler, batch=config.batch,
-                      metrics=("fid",), extractor=dict(config.extractor) or None)
-    evaluator = Evaluator(registry, request, log=log)
+    evaluator = Evaluator(registry, eval_request(config), log=log)
     costs = setting_costs(study, registry)
     budgets, matches = budgets_and_matches(study, costs)
     points = []
     for setting in study.settings:
-        steps = sorted(set(config.steps) | {m for m in matches[setting] if m})
+        steps = evaluated_steps(config, matches[setting])
         runs = [r for r in study.runs if r.setting == setting]
         result = run_sweep([r.run_dir for r in runs], steps, evaluator, device, force=force)
-        seed_of = {str(r.run_dir): r.seed for r in runs}
+        seed_of = {r.run_dir.resolve(): r.seed for r in runs}  # records written by jobs name absolute paths
         for row in result.rows:
-            points.append({**row, "label": costs[setting].label, "setting": setting, "seed": seed_of[row["run"]],
+            points.append({**row, "label": costs[setting].label, "setting": setting,
+                           "seed": seed_of[Path(row["run"]).resolve()],
                            "budget_matched": row["steps"] in matches[setting]})
     return {"points": points, "budgets": budgets, "matches": matches, "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu}
