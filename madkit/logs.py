@@ -107,11 +107,12 @@ def configure_for_cli(shift: int) -> None:
         raise ValueError(f"{ENV_VAR}: {exc}") from None
 
 
-def _from_environment(default: str) -> int:
+def level_from_environment(default: str) -> int:
+    """``MADKIT_VERBOSITY``'s level, else ``default``'s (a misspelt value falls back to the default)."""
     try:
         return level_of(os.environ.get(ENV_VAR) or default)
     except ValueError:  # importing madkit never fails on a typo; the CLI reports it (configure_for_cli)
         return LEVELS[default]
 
 
-set_verbosity(_from_environment("warning"))
+set_verbosity(level_from_environment("warning"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -236,6 +237,20 @@ def _status(folder: Path, out: Path, capsys) -> dict[str, str]:
     capsys.readouterr()
     assert main(["study", str(folder), "--out", str(out), "--status"]) == 0
     return _states(capsys.readouterr().out)
+
+
+def test_a_point_is_done_only_with_a_record_of_the_studys_own_settings(finished, tmp_path, capsys):
+    """--status (and so what a launch submits) counts a record only when every setting that decides it
+    matches: the same steps and images drawn by another sampler leave the points to evaluate."""
+    folder, out = finished
+    states = _status(folder, out, capsys)
+    assert set(states.values()) == {"done"} and len(states) == 4 + 4 * 2  # 4 runs, 2 step counts each
+    other = tmp_path / "design"
+    shutil.copytree(folder, other)
+    (other / "study.toml").write_text(STUDY + 'sampler = "ddpm"\n')
+    moved = _status(other, out, capsys)
+    assert {k: v for k, v in moved.items() if "@" not in k} == {k: "done" for k in states if "@" not in k}
+    assert {v for k, v in moved.items() if "@" in k} == {"pending"}
 
 
 def test_local_jobs_give_the_inline_study_csv_and_a_killed_training_resumes(finished, tmp_path, plugin_site,

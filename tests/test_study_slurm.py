@@ -229,3 +229,16 @@ def test_a_study_launched_locally_is_not_mixed_with_slurm_jobs(tmp_path, fake_sl
     assert main(["study", str(design), "--out", str(out), "--launcher", "slurm"]) == 2
     assert "holds jobs of --launcher local; pass that launcher, or another --out" in capsys.readouterr().err
     assert not (fake_slurm / "calls.log").exists()
+
+
+def test_no_option_of_one_job_carries_over_to_the_next(tmp_path, fake_slurm, capsys):
+    """submitit's executor adds to the options it holds: each job is submitted with its own alone."""
+    design, out = write_design(tmp_path / "design"), tmp_path / "out"
+    study = design / "study.toml"
+    study.write_text(study.read_text().replace("eval_gpus = 2", "eval_gpus = 0"))  # evaluation on CPU nodes
+    assert main(["study", str(design), "--out", str(out), "--launcher", "slurm"]) == 0
+    submitted = scripts(fake_slurm)
+    assert all("--gpus-per-node=4" in submitted[f"train-d{d}-seed{s}"] for d in (1, 2) for s in (0, 1))
+    for setting in ("d1", "d2"):
+        text = submitted[f"eval-{setting}"]
+        assert "--gpus-per-node" not in text and "--ntasks-per-node=1" in text, text

@@ -227,27 +227,11 @@ class Evaluator:
         ``merge=False`` a shard only writes its part, even when it completes the set (under torchrun
         rank 0 merges once every rank has reported)."""
         req = self.request
-        check_guidance(req.guidance, run.shape.class_conditional)
-        sampler, sampler_kind = self.sampler(run)
-        steps = steps or sampler.steps
-        if steps <= 0:
-            raise ConfigError(f"steps must be positive, got {steps}")
-        table = self.extractor_table(run)
-        name = name or point_name(run, req, sampler_kind, steps, str(table.get("kind")))
-        if (problem := folder_name_problem(name)) is not None:
-            raise ConfigError(f"eval --name: {problem}")
-        settings = {
-            "checkpoint": str(run.checkpoint.resolve()), "step": run.step, "weights": run.weights,
-            "sampler": sampler_kind, "steps": steps, "guidance": req.guidance, "seed": req.seed,
-            "num": req.num, "extractor": table, "metrics": sorted(req.metrics), "metric_config": req.metric_config,
-            "reference": req.reference, "num_reference": req.num_reference,
-        }
+        sampler, sampler_kind, steps, table, name, settings = self._point(run, steps, name)
         out = run.run_dir / EVAL_DIR / f"{name}.json"
-        if not force and out.is_file():
-            old = json.loads(out.read_text())
-            if old.get("settings") == settings:
-                self.log(f"{out} is up to date (same settings); pass --force to evaluate again")
-                return old
+        if not force and (old := self.existing_record(run, steps, name)) is not None:
+            self.log(f"{out} is up to date (same settings); pass --force to evaluate again")
+            return old
         extractor = self.extractor(run)
         if str(req.reference or "").endswith(".npz"):
             # statistics load in an instant: refuse a mismatch before generating thousands of images
@@ -316,6 +300,34 @@ class Evaluator:
         if self.request.reference is None and key not in self._floors:  # memoised: a sweep measures it once
             self._floors[key] = measure_floor(run.data, reference, extractor, self.metrics, self.request.batch)
         return self._floors.get(key)
+
+    def _point(self, run: LoadedRun, steps: int | None, name: str | None):
+        """(sampler, its kind, steps, extractor table, record name, settings): what decides a point's record."""
+        req = self.request
+        check_guidance(req.guidance, run.shape.class_conditional)
+        sampler, sampler_kind = self.sampler(run)
+        steps = steps or sampler.steps
+        if steps <= 0:
+            raise ConfigError(f"steps must be positive, got {steps}")
+        table = self.extractor_table(run)
+        name = name or point_name(run, req, sampler_kind, steps, str(table.get("kind")))
+        if (problem := folder_name_problem(name)) is not None:
+            raise ConfigError(f"eval --name: {problem}")
+        settings = {
+            "checkpoint": str(run.checkpoint.resolve()), "step": run.step, "weights": run.weights,
+            "sampler": sampler_kind, "steps": steps, "guidance": req.guidance, "seed": req.seed,
+            "num": req.num, "extractor": table, "metrics": sorted(req.metrics), "metric_config": req.metric_config,
+            "reference": req.reference, "num_reference": req.num_reference,
+        }
+        return sampler, sampler_kind, steps, table, name, settings
+
+    def existing_record(self, run: LoadedRun, steps: int | None = None, name: str | None = None) -> dict | None:
+        """The point's record when one was written with exactly these settings, else None (nothing is generated)."""
+        *_, name, settings = self._point(run, steps, name)
+        out = run.run_dir / EVAL_DIR / f"{name}.json"
+        if out.is_file() and (old := json.loads(out.read_text())).get("settings") == settings:
+            return old
+        return None
 
     def _check_statistics(self, reference: FeatureSet) -> None:
         needing = [m.name for m in self.metrics if m.needs_reference_features]

@@ -21,12 +21,21 @@ import attrs
 
 
 def join_job_group() -> int:
-    """Export the torch.distributed variables of this task (a no-op for a job of one task); returns
-    the job's task count."""
+    """Set up this task: madkit's notes and progress in the job's log (the command line's verbosity:
+    a job imports madkit as a library, which would say warnings only), and the torch.distributed
+    variables (a no-op for a job of one task); returns the job's task count."""
+    import os
+
     import submitit
 
+    from madkit import logs
+
+    logs.set_verbosity(logs.level_from_environment("info"))
     job = submitit.JobEnvironment()
     if job.num_tasks > 1:
+        # submitit takes MASTER_PORT from the environment when set, and SLURM hands every job the
+        # submitting shell's: two jobs sharing a node would then both listen on it
+        os.environ.pop("MASTER_PORT", None)
         # overwrite: a job that submitit requeues, or one started from inside another job, holds stale values;
         # every task keeps all the node's GPUs visible and picks its own by LOCAL_RANK, as under torchrun
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)

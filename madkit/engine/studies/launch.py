@@ -51,7 +51,6 @@ class Launch:
             raise ConfigError(f"{study.out} holds jobs of --launcher {self.state.launcher}; pass that launcher, or "
                               f"another --out")
         self.state.launcher = launcher
-        self.executor = None
         self.submitted: list[Any] = []  # this invocation's submitit jobs (the local ones are our children)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -70,12 +69,13 @@ class Launch:
                       next(s for s in ("failed", "running", "pending") if s in states)) for key, states in by_key.items()}
 
     def _submit(self, job: PlannedJob, dependency: str | None) -> None:
-        if self.executor is None:
-            self.executor = make_executor(self.launcher, self.folder, self.study.config.launcher)
         from submitit.core.utils import FailedJobError, FailedSubmissionError
 
+        # a fresh executor per job: submitit's update_parameters adds to the options it holds, and leaves out
+        # those set to None, so one job's dependency or GPU count would otherwise carry over to the next
+        executor = make_executor(self.launcher, self.folder, self.study.config.launcher)
         try:
-            submitted = submit(self.executor, self.launcher, self.study.config.launcher, job, dependency)
+            submitted = submit(executor, self.launcher, self.study.config.launcher, job, dependency)
         except (FailedJobError, FailedSubmissionError) as exc:  # sbatch refused it: its own words, one line
             said = [line.strip() for line in str(exc).splitlines() if line.strip()]
             raise ConfigError(f"submitting {job.key} failed: {said[-1] if said else exc}; check the [launcher] table "

@@ -25,19 +25,17 @@ def _last_step(run: PlannedRun) -> int | None:
     return records[-1].get("step") if records else None
 
 
-def find_record(run: PlannedRun, steps: int, request) -> dict[str, Any] | None:
-    """The run's eval record of the final checkpoint at ``steps`` with the study's images and seed
-    (``request``: an evaluation.points.Request)."""
-    from madkit.engine.evaluation.records import read_eval_records
+def find_record(run: PlannedRun, steps: int, evaluator, registry) -> dict[str, Any] | None:
+    """The run's eval record of its final checkpoint at ``steps``, written with exactly the settings
+    the study's evaluation uses (``evaluator``: an evaluation.points.Evaluator of the study's request:
+    sampler, extractor, guidance, weights, metrics, reference, images and seed all count)."""
+    from madkit.engine.evaluation.points import load_run
+    from madkit.engine.studies.runner import trained_steps
 
-    if not (run.run_dir / "eval").is_dir():
+    if not (run.run_dir / "eval").is_dir() or trained_steps(run, registry) < run.loaded.spec.train.steps:
         return None
-    for record in read_eval_records(run.run_dir):
-        sampling = record["sampling"]
-        if (sampling["steps"] == steps and sampling["num"] == request.num and sampling.get("seed") == request.seed
-                and record["checkpoint"]["step"] == run.loaded.spec.train.steps):
-            return record
-    return None
+    loaded = load_run(run.run_dir, registry, evaluator.request.use_ema, "cpu")
+    return evaluator.existing_record(loaded, steps)
 
 
 def status_rows(plan: list[PlannedJob], state: StudyState, folder: Path, registry) -> list[dict[str, Any]]:
@@ -61,7 +59,9 @@ def status_rows(plan: list[PlannedJob], state: StudyState, folder: Path, registr
         paths = job_paths(folder, ids[key])
         return str(paths.stderr if state == "failed" else paths.stdout)
 
-    rows = []
+    from madkit.engine.evaluation.points import Evaluator
+
+    rows, evaluators = [], {}
     for job in plan:
         if job.run is not None:
             run, done = job.run, trained_steps(job.run, registry) >= job.run.loaded.spec.train.steps
@@ -71,7 +71,9 @@ def status_rows(plan: list[PlannedJob], state: StudyState, folder: Path, registr
             continue
         for run in job.runs:
             for steps in job.steps:
-                record = find_record(run, steps, job.function.request)
+                request = job.function.request
+                evaluator = evaluators.setdefault(repr(request), Evaluator(registry, request))
+                record = find_record(run, steps, evaluator, registry)
                 state = "done" if record else job_state(job.key)
                 rows.append({"kind": "point", "name": f"{run.run_dir.name}@{steps}", "state": state,
                              "job": ids[job.key] or "-", "log": log_of(job.key, state),
