@@ -72,10 +72,8 @@ def stream_generation(pipe: Pipeline, seed: int, steps: int, guidance: float, la
         try:
             conditional = pipe.model.class_conditional  # labelled data alone does not make a model use labels
             labels = [int(label)] if conditional and label is not None else None
-            pipe.experiment.generate(
-                1, steps=int(steps), seed=int(seed), guidance=float(guidance) if conditional else None,
-                model=pipe.model, labels=labels, observer_for=lambda idx: _Streamer(pipe, pictures),
-            )
+            with pipe._autocast():  # per thread: a bf16 pipe computes in bf16 here as in pipe.generate
+                _generate(pipe, seed, steps, guidance, labels, conditional, pictures)
         except BaseException as exc:  # handed to the caller's thread
             failure.append(exc)
         finally:
@@ -86,6 +84,13 @@ def stream_generation(pipe: Pipeline, seed: int, steps: int, guidance: float, la
         yield picture
     if failure:
         raise failure[0]
+
+
+def _generate(pipe: Pipeline, seed, steps, guidance, labels, conditional: bool, pictures: queue.Queue) -> None:
+    pipe.experiment.generate(
+        1, steps=int(steps), seed=int(seed), guidance=float(guidance) if conditional else None,
+        model=pipe.model, labels=labels, observer_for=lambda idx: _Streamer(pipe, pictures),
+    )
 
 
 def complete_upload(pipe: Pipeline, image, keep: int, num: int, seed: int, steps: int):

@@ -79,11 +79,11 @@ def _sample(args, registry, device, shard) -> int:
         "weights": str(source.path.resolve()), "step": source.step, "ema": not args.raw, "sampler": kind,
         "steps": steps, "guidance": guidance, "seed": args.seed, "cached": not args.no_cache,
     }
-    if args.overwrite:  # the traces of the images --overwrite removes go with them
+    claim_output_folder(out, made_by, overwrite=args.overwrite)
+    if args.overwrite:  # the traces of the images --overwrite removed go with them (once the folder is ours)
         for old in (out / "trace").glob("*") if (out / "trace").is_dir() else ():
             if old.suffix in (".gif", ".png"):
                 old.unlink()
-    claim_output_folder(out, made_by, overwrite=args.overwrite)
     codec = experiment.codec.to(device)
     indices = shard_indices(args.num, shard)
     written = []

@@ -21,8 +21,6 @@ holds before training: torch's first update would otherwise replace it by the we
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
@@ -35,7 +33,8 @@ class EMA:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be within [0, 1], got {decay}")
         self.decay, self.warmup = float(decay), int(warmup)
-        self._averaged = AveragedModel(copy.deepcopy(model).to(torch.float32), multi_avg_fn=self._move)
+        self._averaged = AveragedModel(model, multi_avg_fn=self._move)  # it copies the model itself
+        self._averaged.module.to(torch.float32)
         self._averaged.update_parameters(self._averaged.module)  # the seed: a copy, no averaging
         self.module = self._averaged.module.eval()
         self.module.requires_grad_(False)
