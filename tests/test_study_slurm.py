@@ -195,7 +195,7 @@ def test_a_task_of_a_multi_node_job_joins_its_torch_distributed_group(monkeypatc
         monkeypatch.setenv(key, value)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
         monkeypatch.setenv(key, "stale")  # left by a requeued job: overwritten
-    monkeypatch.delenv("MASTER_PORT", raising=False)  # (one set in the launcher's setup lines is kept)
+    monkeypatch.setenv("MASTER_PORT", "29500")  # the submitting shell's, which SLURM passes on: not used
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     assert join_job_group() == 8
     assert [os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")] == \
@@ -204,12 +204,20 @@ def test_a_task_of_a_multi_node_job_joins_its_torch_distributed_group(monkeypatc
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"  # each rank picks cuda:LOCAL_RANK, as under torchrun
 
 
-@pytest.mark.parametrize("text, minutes", [("24:00:00", 1440), ("1-12:00:00", 2160), ("90", 90), ("45:30", 46),
+@pytest.mark.parametrize("text, minutes", [("24:00:00", 1440), ("1-12:00:00", 2160), ("90", 90),
                                            ("2-12", 3600), ("1-12:30", 2190), ("0:00:30", 1)])
 def test_time_limits_in_slurms_formats_become_whole_minutes(text, minutes):
     from madkit.engine.studies.launcher_config import time_minutes
 
     assert time_minutes(text) == minutes
+
+
+def test_a_bare_two_field_time_is_refused_as_ambiguous(tmp_path, capsys):
+    design = write_design(tmp_path / "design")
+    (design / "study.toml").write_text('seeds = [0]\n[launcher]\ntime = "12:00"\n')
+    assert main(["study", str(design), "--out", str(tmp_path / "out"), "--launcher", "slurm", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "launcher.time" in err and "'12:00' is ambiguous" in err and '"12:00:00" for 12 h 00 min' in err
 
 
 def test_a_job_sbatch_refuses_is_one_line_naming_the_launcher_table(tmp_path, fake_slurm, capsys):
@@ -242,3 +250,43 @@ def test_no_option_of_one_job_carries_over_to_the_next(tmp_path, fake_slurm, cap
     for setting in ("d1", "d2"):
         text = submitted[f"eval-{setting}"]
         assert "--gpus-per-node" not in text and "--ntasks-per-node=1" in text, text
+
+
+def test_an_evaluation_queued_behind_a_failed_training_is_cancelled_and_submitted_again(tmp_path, fake_slurm, capsys):
+    design, out = write_design(tmp_path / "design"), tmp_path / "out"
+    assert main(["study", str(design), "--out", str(out), "--launcher", "slurm"]) == 0
+    ids = {k: v["ids"][-1] for k, v in json.loads((out / "study_jobs.json").read_text())["jobs"].items()}
+    (fake_slurm / "states" / ids["train/d1-seed0"]).write_text("FAILED")  # its evaluation is still PENDING
+    assert main(["study", str(design), "--out", str(out), "--launcher", "slurm"]) == 0
+    jobs = json.loads((out / "study_jobs.json").read_text())["jobs"]
+    assert {k for k, v in jobs.items() if len(v["ids"]) == 2} == {"train/d1-seed0", "eval/d1@1-2"}
+    assert f"scancel {ids['eval/d1@1-2']}" in (fake_slurm / "calls.log").read_text()
+    waits = f"afterok:{jobs['train/d1-seed0']['ids'][1]}:{ids['train/d1-seed1']}"
+    assert f"--dependency={waits}" in scripts(fake_slurm)["eval-d1"]
+
+
+def test_a_job_sacct_has_long_forgotten_counts_as_failed_a_fresh_one_as_pending(tmp_path, fake_slurm, capsys):
+    design, out = write_design(tmp_path / "design"), tmp_path / "out"
+    assert main(["study", str(design), "--out", str(out), "--launcher", "slurm"]) == 0
+    state = json.loads((out / "study_jobs.json").read_text())
+    for key in ("train/d1-seed0", "train/d1-seed1"):
+        (fake_slurm / "states" / state["jobs"][key]["ids"][-1]).write_text("UNKNOWN")
+    state["jobs"]["train/d1-seed0"]["submitted"] = "2026-01-01T00:00:00+0000"  # purged from sacct since
+    (out / "study_jobs.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(["study", str(design), "--out", str(out), "--status"]) == 0
+    rows = {line.split()[1]: line.split()[2] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("run ")}
+    assert rows["d1-seed0"] == "failed" and rows["d1-seed1"] == "pending"
+
+
+def test_two_commands_sharing_an_out_keep_each_others_job_ids(tmp_path):
+    from madkit.engine.studies.study_state import StudyState
+
+    first, second = StudyState(tmp_path), StudyState(tmp_path)  # both read the file before either wrote
+    first.record("train/a-seed0", "slurm", "11")
+    second.record("train/b-seed0", "slurm", "12")
+    first.record("eval/a@1", "slurm", "13")
+    jobs = StudyState(tmp_path).jobs
+    assert {k: v["ids"] for k, v in jobs.items()} == {"train/a-seed0": ["11"], "train/b-seed0": ["12"],
+                                                      "eval/a@1": ["13"]}

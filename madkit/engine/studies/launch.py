@@ -13,6 +13,7 @@ running (the jobs in OUT/study_jobs.json); a resubmitted training resumes from i
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,14 +94,20 @@ class Launch:
     def submit_missing(self) -> int:
         """Submit every training job needed and, with slurm, every evaluation job needed (waiting for the
         training jobs of its runs that are not done); returns how many."""
-        states, count = self.states(), 0
+        states, count, retrained = self.states(), 0, set()
         for job in self.plan:
             if job.kind == "train" and self._needs(job.key, states):
                 self._submit(job, None)
+                retrained.add(job.key)
                 count += 1
         if self.launcher == "slurm":
             for job in self.plan:
-                if job.kind == "eval" and self._needs(job.key, states):
+                # an evaluation still queued behind a failed training job waits for a job that will never
+                # succeed (SLURM cancels it, but maybe not yet): cancel it and wait for the new one instead
+                stale = states[job.key] == "pending" and self.state.job_id(job.key) and retrained & set(job.after)
+                if job.kind == "eval" and (self._needs(job.key, states) or stale):
+                    if stale:
+                        subprocess.run(["scancel", self.state.job_id(job.key)], check=False, capture_output=True)
                     waiting = [self.state.job_id(k) for k in job.after if states[k] != "done"]
                     self._submit(job, afterok([i for i in waiting if i]))
                     count += 1

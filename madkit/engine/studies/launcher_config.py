@@ -5,7 +5,7 @@
     partition = "gpu"                # sbatch --partition (default: the cluster's)
     account = "my-project"           # sbatch --account
     qos = "normal"                   # sbatch --qos
-    time = "24:00:00"                # a training job's time limit: [D-]HH:MM:SS, HH:MM or minutes
+    time = "24:00:00"                # a training job's time limit: [D-]HH:MM:SS, D-HH:MM, D-HH or minutes
     eval_time = "4:00:00"            # an evaluation job's (default: time)
     nodes = 1                        # nodes per training job
     gpus_per_node = 8                # GPUs per node: one task (rank) per GPU; 0 = one CPU task
@@ -34,15 +34,19 @@ _MEM = re.compile(r"^\d+(?:\.\d+)?[KMGT]?B?$", re.IGNORECASE)
 
 
 def time_minutes(text: str) -> int:
-    """SLURM's time formats as whole minutes (rounded up): "90", "1:30:00", "2-00:00:00", "45:00" (MM:SS)."""
+    """SLURM's time formats as whole minutes (rounded up): "90", "1:30:00", "2-00:00:00", "1-12:30"; a bare
+    "A:B" is refused (SLURM's MM:SS, easily meant as HH:MM: a job killed 60 times too early)."""
     match = _TIME.match(text.strip())
     if not match:
         raise ValueError(f"expected a time limit such as \"24:00:00\", \"1-12:00:00\" or \"90\" (minutes), got {text!r}")
     days, first, second, third = match.groups()
     if second is None:  # minutes, or days-hours
         minutes = int(first) * 60 if days else int(first)
-    elif third is None:  # MM:SS, or days-HH:MM
-        minutes = int(first) * 60 + int(second) if days else int(first) + (int(second) > 0)
+    elif third is None:  # days-HH:MM; SLURM reads a bare "A:B" as MM:SS, which people read as HH:MM
+        if not days:
+            raise ValueError(f"{text!r} is ambiguous (SLURM reads it as minutes:seconds); write "
+                             f"\"{first}:{second}:00\" for {first} h {second} min, or a number of minutes")
+        minutes = int(first) * 60 + int(second)
     else:  # HH:MM:SS
         minutes = int(first) * 60 + int(second) + (int(third) > 0)
     minutes += int(days or 0) * 24 * 60

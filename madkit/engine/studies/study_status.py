@@ -43,7 +43,8 @@ def status_rows(plan: list[PlannedJob], state: StudyState, folder: Path, registr
 
     ids = {job.key: state.job_id(job.key) for job in plan}
     launcher = state.launcher or "local"
-    states = job_states(launcher, folder, [i for i in ids.values() if i]) if state.launcher else {}
+    ages = {ids[key]: state.age_seconds(key) for key in ids if ids[key]}
+    states = job_states(launcher, folder, [i for i in ids.values() if i], ages) if state.launcher else {}
 
     def job_state(key: str) -> str:
         job_id = ids[key]
