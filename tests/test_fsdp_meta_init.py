@@ -159,6 +159,18 @@ def test_replay_holds_one_tensor_at_a_time_and_gives_the_values_of_a_real_build(
     assert one_weight <= peak < 2 * one_weight  # a weight and at most some biases, never two weights
 
 
+def test_a_construction_that_draws_on_the_cpu_is_refused():
+    """A real tensor drawn on the CPU while building (a random block order) would differ per rank."""
+
+    def shuffles():
+        layer = torch.nn.Linear(4, 4)
+        layer.register_buffer("order", torch.randperm(4, device="cpu"))
+        return layer
+
+    with torch.device("meta"), pytest.raises(deferred_init.DeferredInitError, match="on the CPU"):
+        deferred_init.record(shuffles)
+
+
 def test_init_from_fills_the_slices_of_a_meta_build(tmp_path):
     """``train.init_from`` in a sharded run (a one-rank group) loads the source's whole EMA tensors
     into the meta-built model's slices: one step later it matches a plain run started the same way."""

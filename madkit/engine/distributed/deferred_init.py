@@ -117,8 +117,14 @@ def record(build: Callable[[], nn.Module | Any], model_of: Callable[[Any], nn.Mo
     meta=True)``) and is recorded; ``model_of(result)`` is the module whose parameters and buffers are
     the program's finals."""
     recorder = _Recorder()
+    cpu_draws = torch.random.get_rng_state()
     with recorder:
         result = build()
+    if not torch.equal(cpu_draws, torch.random.get_rng_state()):
+        # a real tensor drawn on the CPU while building (a random block order, a fixed random projection)
+        # comes from each rank's own generator, seeded per rank: the ranks' models would differ
+        raise DeferredInitError("the model draws random numbers on the CPU while it is built, which the replay "
+                                "cannot give every rank alike")
     model = model_of(result)
     program = InitProgram(recorder.ops, recorder.nbytes)
     tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
