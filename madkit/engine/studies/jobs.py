@@ -51,7 +51,10 @@ class TrainJob:
     run_dir: str
 
     def __call__(self) -> dict[str, Any]:
+        import submitit
+
         from madkit.engine.checkpoints import latest_checkpoint
+        from madkit.engine.training import stopping
         from madkit.engine.training.loop import train
         from madkit.experiment_spec import load_spec
         from madkit.registry import Registry
@@ -62,7 +65,17 @@ class TrainJob:
         ckpt = latest_checkpoint(Path(self.run_dir))
         if ckpt is not None and int(ckpt.name) >= loaded.spec.train.steps:
             return {"run": self.run_dir, "step": int(ckpt.name)}  # a finished run is never trained again
-        result = train(loaded, registry, self.run_dir)
+        # the scheduler's warning (time limit, preemption) ends the step in progress and saves it; submitit's
+        # own handler then requeues the job, which resumes from that step
+        stopping.watch(submitit.JobEnvironment._usr_sig())
+        try:
+            result = train(loaded, registry, self.run_dir)
+        except BaseException:
+            stopping.release()
+            raise
+        if stopping.requested():
+            stopping.hand_over()  # requeues and exits (rank 0); the other ranks return
+        stopping.release()
         return {"run": self.run_dir, "step": result.step}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:

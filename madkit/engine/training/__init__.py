@@ -12,5 +12,6 @@
     sharded_build.py   a sharded run's model: built on the meta device, then only this rank's slices
     reporting.py       metrics.jsonl, sinks, progress     console_log.py  RUN/train.log
     sample_grids.py    fixed-noise sample grids during training
+    stopping.py        a scheduler's warning: stop after the step in progress, save, hand over (study jobs)
 (how many CPU threads a process uses, train.threads and --threads, is madkit/threads.py: every command uses it)
 """

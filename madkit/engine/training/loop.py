@@ -43,6 +43,7 @@ from madkit.engine.checkpoints.run_folder import RunDir, collect_versions
 from madkit.engine.checkpoints.run_lock import RunLock
 from madkit.engine.data import batches
 from madkit.engine.distributed import fsdp
+from madkit.engine.training import stopping
 from madkit.engine.training.console_log import ConsoleLog, console_log
 from madkit.engine.training.health import HealthGuard
 from madkit.engine.training.precision import resolve_precision
@@ -149,7 +150,7 @@ class Trainer(TrainerSetup, ResumeChoice, CheckpointSaving):
     # ------------------------------------------------------------------ data
     # ------------------------------------------------------------------ loop
     def run(self, stop_after: int | None = None) -> TrainResult:
-        cfg = self.cfg
+        cfg, self.stopped_early = self.cfg, False
         end = min(cfg.steps, stop_after) if stop_after else cfg.steps
         record: dict[str, Any] = {}
         try:
@@ -164,7 +165,8 @@ class Trainer(TrainerSetup, ResumeChoice, CheckpointSaving):
                 self._draw_missing_grid(due=due)  # the resumed step's grid, due when the checkpoint was saved
                 record = self._loop(end)
                 self._save_checkpoint()  # before sampling: a kill while sampling loses nothing
-                self._sample()
+                if not self.stopped_early:  # a scheduler's warning leaves no time for a grid
+                    self._sample()
         finally:
             self.reporter.close()
         return TrainResult(self.run_dir.root, self.step, self.latest_ckpt, self.latest_samples, record)
@@ -224,6 +226,10 @@ class Trainer(TrainerSetup, ResumeChoice, CheckpointSaving):
                 self.reporter.log(self.step, record)
                 self.guard.check_weights(self.step, self.params)
                 interval, interval_steps, tick, paused = {}, 0, time.perf_counter(), 0.0
+            if stopping.stop_now(lambda ask: distributed.decide_on_main(self.env, ask)):
+                self.reporter.say(f"stopping at step {self.step} as the scheduler asked; saving a checkpoint")
+                self.stopped_early = True  # run() saves this step
+                break
             pause_start = time.perf_counter()  # checkpoints and samples do not count against throughput
             if self.step % cfg.ckpt_every == 0 and self.step != end:
                 self._save_checkpoint()
