@@ -107,7 +107,8 @@ def _compare(meta: dict, whole: dict) -> None:
 
 
 def _run_ranks(tmp_path: Path, job: str, *sets: str, world: int = 2) -> None:
-    ctx, port = multiprocessing.get_context("fork"), _free_port()
+    # training runs backward, which a forked child cannot once the test process has (autograd's threads)
+    ctx, port = multiprocessing.get_context("spawn" if job == "train" else "fork"), _free_port()
     procs = [ctx.Process(target=_rank, args=(r, world, port, tmp_path, job, list(sets))) for r in range(world)]
     for p in procs:
         p.start()
