@@ -9,12 +9,10 @@ features under ``RUN/eval/<name>.parts/`` and the shard that completes the set w
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from madkit.engine.evaluation.evaluate import (
 )
 from madkit.engine.evaluation.caveats import describe_floor, measure_floor
 from madkit.engine.evaluation.records import COST_KEYS, EVAL_DIR
+from madkit.engine.evaluation.shard_parts import combine_parts, image_digest, read_part
 from madkit.errors import ConfigError, UserError
 from madkit.experiment_spec import structure_spec
 from madkit.generation import check_guidance, generate_images, shard_indices
@@ -243,7 +242,7 @@ class Evaluator:
         else:
             parts_dir = run.run_dir / EVAL_DIR / f"{name}.parts"
             mine = parts_dir / f"shard-{i}-of-{k}.pt"
-            part = _read_part(mine) if mine.is_file() else None
+            part = read_part(mine) if mine.is_file() else None
             if part is None or part["settings"] != settings:
                 part = self._generate(run, sampler, steps, shard_indices(req.num, shard), extractor)
                 part["settings"] = settings
@@ -252,13 +251,13 @@ class Evaluator:
                 atomic_write(mine, buffer.getvalue())
             if not merge:
                 return None
-            parts = [_read_part(parts_dir / f"shard-{j}-of-{k}.pt") for j in range(k)]
+            parts = [read_part(parts_dir / f"shard-{j}-of-{k}.pt") for j in range(k)]
             missing = [j for j, p in enumerate(parts) if p is None or p["settings"] != settings]
             if missing:
                 self.log(f"shard {i}/{k} written to {mine}; waiting for shard(s) {missing}: "
                          f"the last shard to finish writes {out}")
                 return None
-        generated, seconds = _combine(parts, req.num, extractor.name, f"{req.num} images from {run.checkpoint}")
+        generated, seconds = combine_parts(parts, req.num, extractor.name, f"{req.num} images from {run.checkpoint}")
         reference, reference_record = self.reference(run, extractor)
         floor = self.floor(run, extractor, reference) if table.get("kind") == "proxy" else None
         values: dict[str, float] = {}
@@ -353,7 +352,7 @@ class Evaluator:
                 torch.cuda.synchronize(device)
             seconds += time.perf_counter() - started  # generation only: embedding is not sampling cost
             uint8 = to_uint8(images)
-            digests.extend(_image_digest(image) for image in uint8)
+            digests.extend(image_digest(image) for image in uint8)
             for role, values in extractor.features(uint8).items():
                 features.setdefault(role, []).append(values)
             started = time.perf_counter()
@@ -363,37 +362,3 @@ class Evaluator:
             "features": {role: torch.cat(values) for role, values in features.items()},
             "seconds": seconds,
         }
-
-
-def _image_digest(image_uint8: torch.Tensor) -> str:
-    digest = hashlib.sha256(f"{tuple(image_uint8.shape)};".encode())
-    digest.update(image_uint8.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _read_part(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # torn or foreign: regenerate
-        _log(f"ignoring unreadable shard file {path} ({type(exc).__name__}: {exc})")
-        return None
-
-
-def _combine(parts: Sequence[dict], num: int, extractor: str, source: str) -> tuple[FeatureSet, float]:
-    """All shards' features in image order, and the summed generation seconds.
-
-    ``content_hash`` is a sha256 over the per-image sha256 digests in index order, so it does not
-    depend on the batch size or on how the images were sharded."""
-    indices = [i for p in parts for i in p["indices"]]
-    if sorted(indices) != list(range(num)):
-        raise ConfigError(f"the shards hold {len(indices)} images, {len(set(indices))} distinct, but should hold each "
-                         f"of 0..{num - 1} exactly once; delete the .parts folder and generate again")
-    order = torch.tensor(indices).argsort()
-    roles = parts[0]["features"].keys()
-    features = {role: torch.cat([p["features"][role] for p in parts])[order] for role in roles}
-    digests = [d for p in parts for d in p["digests"]]
-    content = hashlib.sha256("".join(digests[j] for j in order.tolist()).encode()).hexdigest()
-    seconds = float(sum(p["seconds"] for p in parts))
-    return FeatureSet(extractor, num, content, source, features), seconds
