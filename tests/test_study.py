@@ -324,3 +324,16 @@ def test_a_two_task_local_job_trains_on_two_ranks_and_evaluates_in_two_shards(fi
     assert record["shards"] == 2
     (theirs,) = [p for p in read_csv(inline / "points.csv") if p["run"].endswith("d1-seed0") and p["steps"] == "1"]
     assert record["fid"] == pytest.approx(float(theirs["fid"]), rel=1e-6)
+
+
+def test_a_study_without_budgets_says_so_instead_of_an_empty_budget_list():
+    from types import SimpleNamespace
+
+    from madkit.engine.studies.results import verdict_markdown
+
+    config = SimpleNamespace(budget_steps=[], num=8, eval_seed=0, seeds=[0])
+    study = SimpleNamespace(config=config, settings=[], folder="design")
+    wall = {"total": 1.0, "train": 0.0, "evaluate": 1.0, "train_cpu": 0.0, "evaluate_cpu": 1.0, "trained": 0,
+            "skipped": 0, "device": "cpu", "threads": 1}
+    text = verdict_markdown(study, [], "Winners by budget: none.", [], wall)
+    assert "No budgets: study.toml's budget_steps is empty" in text and "at  step(s)" not in text

@@ -131,6 +131,9 @@ def verdict_markdown(study, verdicts: Sequence[dict[str, Any]], trend_text: str,
         f"{', '.join(map(str, config.budget_steps))} step(s); each setting is compared at the largest step count "
         f"that fits (its cost from `madkit flops`). The winner has the lowest mean; its margin over the runner-up "
         f'is "beyond the spread" when it exceeds {Z:g} standard errors of the difference.'
+    ) if config.budget_steps else (
+        "No budgets: study.toml's budget_steps is empty, so no setting is compared at equal sampling cost; the "
+        "grid's points are in points.csv and study.png. List step counts in budget_steps for a verdict."
     )
     header = ["budget (FLOPs/image)", *(labels[s] for s in study.settings), "winner", "margin", f"{Z:g} s.e.",
               "beyond the spread"]
