@@ -290,3 +290,15 @@ def test_two_commands_sharing_an_out_keep_each_others_job_ids(tmp_path):
     jobs = StudyState(tmp_path).jobs
     assert {k: v["ids"] for k, v in jobs.items()} == {"train/a-seed0": ["11"], "train/b-seed0": ["12"],
                                                       "eval/a@1": ["13"]}
+
+
+def test_status_reuses_the_set_values_the_jobs_were_submitted_with(tmp_path, fake_slurm, capsys):
+    design, out = write_design(tmp_path / "design"), tmp_path / "out"
+    sets = ["--set", "train.lr=5e-4"]
+    assert main(["study", str(design), "--out", str(out), "--launcher", "slurm", *sets]) == 0
+    capsys.readouterr()
+    assert main(["study", str(design), "--out", str(out), "--status"]) == 0  # no --set given
+    captured = capsys.readouterr()
+    assert "--status with the --set values the jobs were submitted with: train.lr=5e-4" in captured.err
+    ids = json.loads((out / "study_jobs.json").read_text())["jobs"]
+    assert ids["train/d1-seed0"]["ids"][0] in captured.out  # the same runs, so their job ids are found

@@ -93,6 +93,12 @@ def run(args) -> int:
     folder = Path(args.folder)
     out = Path(args.out) if args.out else Path("runs") / folder.resolve().name
     registry = Registry.load()
+    if args.status and not args.sets:  # the jobs' own --set values: a study's runs are named by them
+        from madkit.engine.studies.study_state import StudyState
+
+        if recorded := StudyState(out).submitted_sets():
+            log(f"--status with the --set values the jobs were submitted with: {' '.join(recorded)}")
+            args.sets = recorded
     # --cost, --dry-run and --status read no data: they work where it is not (a laptop, a login node)
     study = plan_study(folder, out, registry, overrides, args.sets,
                        check_resources=not (args.cost or args.dry_run or args.status))

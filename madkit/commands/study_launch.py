@@ -32,7 +32,7 @@ def run_launched(args, study, registry, log) -> int:
         return 0
     if launcher in (None, "inline"):  # --status of a study never launched as jobs: the run folders only
         launcher = "local"
-    launch = Launch(study, plan, launcher, registry, log)
+    launch = Launch(study, plan, launcher, registry, log, args.sets)
     submitted = 0
     if not args.status:
         submitted = launch.submit_missing()

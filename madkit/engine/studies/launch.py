@@ -44,8 +44,10 @@ def dry_run(study: Study, plan: list[PlannedJob], launcher: str) -> str:
 
 
 class Launch:
-    def __init__(self, study: Study, plan: list[PlannedJob], launcher: str, registry, log: Callable[[str], None]):
+    def __init__(self, study: Study, plan: list[PlannedJob], launcher: str, registry, log: Callable[[str], None],
+                 sets: list[str] | tuple[str, ...] = ()):
         self.study, self.plan, self.launcher, self.registry, self.log = study, plan, launcher, registry, log
+        self.sets = list(sets)  # the command's --set values, recorded with each job
         self.folder = (study.out / JOBS_DIR).resolve()
         self.state = StudyState(study.out)
         if self.state.launcher not in (None, launcher):
@@ -83,7 +85,7 @@ class Launch:
                               f"of {self.study.folder / 'study.toml'}") from None
         if self.launcher == "local":
             self.submitted.append(submitted)
-        self.state.record(job.key, self.launcher, str(submitted.job_id))
+        self.state.record(job.key, self.launcher, str(submitted.job_id), self.sets)
         self.log(f"submitted {job.key} as {self.launcher} job {submitted.job_id}"
                  + (f" ({dependency})" if dependency else ""))
 

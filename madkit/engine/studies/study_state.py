@@ -64,6 +64,11 @@ class StudyState:
         finally:
             os.close(fd)  # releases the lock
 
+    def submitted_sets(self) -> list[str] | None:
+        """The --set values every recorded job was submitted with, when they all agree; else None."""
+        distinct = {tuple(entry.get("sets", ())) for entry in self.jobs.values()}
+        return list(distinct.pop()) if len(distinct) == 1 else None
+
     def job_id(self, key: str) -> str | None:
         entry = self.jobs.get(key)
         return entry["ids"][-1] if entry else None
@@ -76,12 +81,14 @@ class StudyState:
         except ValueError:
             return None
 
-    def record(self, key: str, launcher: str, job_id: str) -> None:
+    def record(self, key: str, launcher: str, job_id: str, sets: list[str] | tuple[str, ...] = ()) -> None:
+        """``job_id`` is ``key``'s job now; ``sets``: the submitting command's --set values (``--status`` reuses them)."""
         with self._locked():
             self._read()  # what other commands recorded meanwhile
             entry = self.jobs.setdefault(key, {"ids": []})
             entry["ids"].append(job_id)
             entry["submitted"] = time.strftime(_STAMP)
+            entry["sets"] = list(sets)
             self.launcher = launcher
             self._write()  # after every submission: a crash mid-way forgets nothing that was submitted
 
