@@ -107,8 +107,9 @@ def _compare(meta: dict, whole: dict) -> None:
 
 
 def _run_ranks(tmp_path: Path, job: str, *sets: str, world: int = 2) -> None:
-    # training runs backward, which a forked child cannot once the test process has (autograd's threads)
-    ctx, port = multiprocessing.get_context("spawn" if job == "train" else "fork"), _free_port()
+    # spawned, not forked: a child forked from a test process whose thread pools (OpenMP, autograd) have run
+    # can crash (seen: SIGSEGV in both ranks of the build job in a full run) or refuse to run backward
+    ctx, port = multiprocessing.get_context("spawn"), _free_port()
     procs = [ctx.Process(target=_rank, args=(r, world, port, tmp_path, job, list(sets))) for r in range(world)]
     for p in procs:
         p.start()
