@@ -25,6 +25,10 @@ def environment(tmp_path_factory):
 TINY = Path(__file__).resolve().parent.parent / "experiments" / "tiny" / "madformer.toml"
 
 
+# a run of 2 steps with one 1-step sample at the end, on one thread (the completion, trace and demo tests)
+TWO_STEPS = ("train.steps=2", "train.ckpt_every=2", "train.sample_num=1", "train.threads=1")
+
+
 def train_tiny(out: Path, *sets: str) -> Path:
     """The tiny spec trained for 3 steps into ``out`` (no sinks, a 2-image grid at 1 step), ``sets`` on top."""
     from madkit.cli import main

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from engine_fakes import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
+from eval_helpers import TWO_STEPS, train_tiny
 from model_helpers import build, registry
 from PIL import Image
 
@@ -112,10 +113,7 @@ def test_kept_blocks_are_the_prefix_exactly_and_the_rest_is_generated(kind):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("complete") / "tiny"
-    sets = ["train.steps=2", "train.ckpt_every=2", "train.sample_num=1", "train.sample_steps=1", "log.sinks=[]"]
-    assert main(["run", str(TINY), "--out", str(out), "--threads", "1", *(a for s in sets for a in ("--set", s))]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("complete") / "tiny", *TWO_STEPS)
 
 
 @pytest.fixture(scope="module")

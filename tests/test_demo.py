@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from engine_fakes import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
+from eval_helpers import TWO_STEPS, train_tiny
 from PIL import Image
 
 from madkit.cli import main
@@ -33,10 +34,7 @@ OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_D
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "tiny"
-    sets = ["train.steps=2", "train.ckpt_every=2", "train.sample_num=1", "train.sample_steps=1", "log.sinks=[]"]
-    assert main(["run", str(TINY), "--out", str(out), "--threads", "1", *(a for s in sets for a in ("--set", s))]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("demo") / "tiny", *TWO_STEPS)
 
 
 def _free_port() -> int:

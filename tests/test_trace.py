@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from engine_fakes import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
+from eval_helpers import TWO_STEPS, train_tiny
 from model_helpers import registry
 from PIL import Image
 
@@ -21,10 +22,7 @@ TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny" / "madformer
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trace") / "tiny"
-    sets = ["train.steps=2", "train.ckpt_every=2", "train.sample_num=1", "train.sample_steps=1", "log.sinks=[]"]
-    assert main(["run", str(TINY), "--out", str(out), "--threads", "1", *(a for s in sets for a in ("--set", s))]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("trace") / "tiny", *TWO_STEPS)
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,24 @@ def kind_table(kind: str, assignments: list[str], flag: str) -> dict:
     return table
 
 
+def add_sampling_args(p) -> None:
+    """What ``sample`` and ``complete`` share: which weights, how to sample, on what (their own flags beside)."""
+    p.add_argument("checkpoint", help="run folder (its latest checkpoint), a checkpoint folder or an export folder")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per block (default: the spec's sampler)")
+    p.add_argument("--sampler", default=None, help="sampler kind, e.g. ddim or dpm-solver++ (default: the spec's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--batch", type=int, default=16, help="images per forward batch (does not change the images)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (reference path)")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_threads_arg(p)
+
+
+def check_sampling_counts(args) -> None:
+    if args.num <= 0 or args.batch <= 0 or (args.steps is not None and args.steps <= 0):
+        raise UsageError("--num, --batch and --steps must be positive")
+
+
 def add_threads_arg(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: OMP_NUM_THREADS if "
                    "set, else the physical cores, at most 8; the same on every run)")

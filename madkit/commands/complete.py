@@ -6,42 +6,32 @@ completion and ``grid.png`` with every row (madkit.completion).
 
 from pathlib import Path
 
-from madkit.commands import add_threads_arg, apply_threads_arg
+from madkit.commands import add_sampling_args, apply_threads_arg, check_sampling_counts
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("complete", help="complete images from their first K blocks (in the model's block order)")
-    p.add_argument("checkpoint", help="run folder (its latest checkpoint), a checkpoint folder or an export folder")
+    add_sampling_args(p)
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) at the model's size, or see --resize")
     p.add_argument("--keep", type=int, required=True, help="blocks to keep from each image, in generation order")
     p.add_argument("--num", type=int, default=4, help="completions per image")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per block (default: the spec's sampler)")
-    p.add_argument("--sampler", default=None, help="sampler kind, e.g. ddim (default: the spec's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--label", type=int, action="append", default=None,
                    help="class of each image, in order (class-conditional models; default: image i gets i mod classes)")
     p.add_argument("--seed", type=int, default=0, help="completion c of image i draws from (seed, c, i)")
     p.add_argument("--resize", action="store_true",
                    help="centre-crop and scale images of another size (default: refuse them)")
     p.add_argument("--out", default=None, help="output folder (default RUN/completions/<checkpoint>-k<K>-s<seed>)")
-    p.add_argument("--batch", type=int, default=16, help="images per forward batch (does not change the images)")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (reference path)")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true",
                    help="--out already holds completions made with other weights or settings: remove them first")
-    add_threads_arg(p)
 
 
 def run(args) -> int:
     apply_threads_arg(args)
-    from madkit.commands import UsageError
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.engine.distributed import resolve_device
     from madkit.registry import Registry
 
-    if args.num <= 0 or args.batch <= 0 or (args.steps is not None and args.steps <= 0):
-        raise UsageError("--num, --batch and --steps must be positive")
+    check_sampling_counts(args)
     registry = Registry.load()
     device = resolve_device(args.device)
     with writing_into(run_folder_of(args.checkpoint), "madkit complete", args.out):

@@ -2,44 +2,34 @@
 
 from pathlib import Path
 
-from madkit.commands import add_threads_arg, apply_threads_arg
+from madkit.commands import add_sampling_args, apply_threads_arg, check_sampling_counts
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="generate PNG images from a run, checkpoint or export (EMA weights by default)")
-    p.add_argument("checkpoint", help="run folder (its latest checkpoint), a checkpoint folder or an export folder")
+    add_sampling_args(p)
     p.add_argument("--num", type=int, default=16, help="number of images")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per block (default: the spec's sampler)")
-    p.add_argument("--sampler", default=None, help="sampler kind, e.g. ddim or dpm-solver++ (default: the spec's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="image i's noise comes from (seed, i)")
     p.add_argument("--out", default=None, help="output folder (default RUN/samples/<checkpoint>-<sampler>-<steps>)")
-    p.add_argument("--batch", type=int, default=16, help="images per forward batch (does not change the images)")
     p.add_argument(
         "--grid", action="store_true", help="also write grid.png with every image (grid-IofK.png per --shard I/K)"
     )
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (reference path)")
     p.add_argument("--trace", nargs="?", const="blocks", default=None, choices=("blocks", "steps"),
                    help="also write trace/NNNNNN.gif (the image appearing block by block; 'steps': and each block's "
                    "estimate per denoising step) and trace/NNNNNN-strip.png")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--shard", default="0/1", help="i/k: generate every k-th image starting at i (multi-process)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true",
                    help="--out already holds images made with other weights or settings: remove them first")
-    add_threads_arg(p)
 
 
 def run(args) -> int:
     apply_threads_arg(args)
-    from madkit.commands import UsageError
     from madkit.engine.checkpoints.run_lock import run_folder_of, writing_into
     from madkit.engine.distributed import resolve_device
     from madkit.generation import parse_shard
     from madkit.registry import Registry
 
-    if args.num <= 0 or args.batch <= 0 or (args.steps is not None and args.steps <= 0):
-        raise UsageError("--num, --batch and --steps must be positive")
+    check_sampling_counts(args)
     shard = parse_shard(args.shard)
     registry = Registry.load()
     device = resolve_device(args.device)
