@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from madkit.logs import NAME, LineFormatter, console_handler
+from madkit.logs import NAME, REPORT, LineFormatter, console_handler
 
 LOG_FILE = "train.log"
 _NEVER = logging.CRITICAL + 1  # a MemoryHandler flushes on a record at or above this: never on its own
@@ -46,8 +46,7 @@ class ConsoleLog:
 
     def line(self, text: str) -> None:
         """A line for the file only (the console has shown it another way)."""
-        record = logging.LogRecord(logging.getLogger("madkit.report").name, logging.INFO, "", 0, text.rstrip("\n"),
-                                   None, None)
+        record = logging.LogRecord(REPORT, logging.INFO, "", 0, text.rstrip("\n"), None, None)
         self.handler.handle(record)
 
     def close(self) -> None:
