@@ -33,14 +33,11 @@ class CompletionError(UserError, ValueError):
 @attrs.frozen
 class Completion:
     """originals, kept [n, 3, H, W] (the encoded-decoded input, unkept blocks grey) and completions
-    [n, num, 3, H, W], all in [-1, 1] on the CPU; ``kept_latents`` [n, c, h, w] the encoded inputs."""
+    [n, num, 3, H, W], all in [-1, 1] on the CPU."""
 
     originals: torch.Tensor
     kept: torch.Tensor
     completions: torch.Tensor
-    kept_latents: torch.Tensor
-    keep: int
-    num_blocks: int
 
 
 def check_keep(keep: Any, total: int, name: str = "keep") -> int:
@@ -147,8 +144,7 @@ def complete(
 ) -> Completion:
     """Complete ``images`` [n, 3, H, W] in [-1, 1] (at the model's size: ``load_images``) ``num``
     times each from their first ``keep`` blocks."""
-    total = num_blocks(model)
-    keep = check_keep(keep, total)
+    keep = check_keep(keep, num_blocks(model))
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise CompletionError(f"num must be a positive number of completions per image, got {num!r}")
     check_guidance(guidance, model.class_conditional)
@@ -166,21 +162,12 @@ def complete(
     decoded = [codec.decode(lat).float().clamp(-1, 1).cpu() for lat in runs]
     kept_pixels = block_pixels(model, tuple(images.shape[-2:])) < keep
     kept = torch.where(kept_pixels, codec.decode(latents).float().clamp(-1, 1).cpu(), torch.zeros(()))
-    return Completion(images.float().cpu(), kept, torch.stack(decoded, 1), latents.cpu(), keep, total)
+    return Completion(images.float().cpu(), kept, torch.stack(decoded, 1))
 
 
 def rows(result: Completion) -> torch.Tensor:
     """[n, 2 + num, 3, H, W]: per input, original | kept blocks (the rest grey) | its completions."""
     return torch.cat([result.originals[:, None], result.kept[:, None], result.completions], dim=1)
-
-
-def pil_completions(result: Completion) -> list[list[Any]]:
-    """Per input, its completions as PIL images."""
-    from PIL import Image
-
-    from madkit.generation import to_uint8_hwc
-
-    return [[Image.fromarray(to_uint8_hwc(x).numpy()) for x in per_input] for per_input in result.completions]
 
 
 def save_completion(result: Completion, folder: str | os.PathLike, names: Sequence[str] | None = None) -> list[Path]:

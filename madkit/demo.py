@@ -21,6 +21,7 @@ import torch
 
 from madkit.api import Pipeline
 from madkit.errors import require_package
+from madkit.interfaces import GenerationObserver
 
 SHOW_SIDE = 256  # the streamed images are enlarged (nearest pixels) to about this many pixels
 _DONE = object()
@@ -43,10 +44,8 @@ def _picture(image: torch.Tensor):
     return Image.fromarray(to_uint8_hwc(image.repeat_interleave(scale, -2).repeat_interleave(scale, -1)).numpy())
 
 
-class _Streamer:
+class _Streamer(GenerationObserver):
     """A generation observer that puts a picture of the image so far into a queue per finished block."""
-
-    wants_steps = False
 
     def __init__(self, pipe: Pipeline, out: queue.Queue):
         from madkit.generation import block_pixels
@@ -57,9 +56,6 @@ class _Streamer:
     def block_finished(self, block: int, latents: torch.Tensor) -> None:
         image = self.pipe.experiment.codec.decode(latents[:1]).float().clamp(-1, 1).cpu()[0]
         self.out.put(_picture(image * (self.blocks <= block)))
-
-    def step(self, block: int, step: int, latents: torch.Tensor) -> None:  # pragma: no cover - wants_steps is False
-        pass
 
 
 def stream_generation(pipe: Pipeline, seed: int, steps: int, guidance: float, label: int | None) -> Iterator[Any]:

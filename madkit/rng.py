@@ -58,10 +58,13 @@ def indexed_generators(
 
 def seed_globals(seed: int, rank: int) -> None:
     """Seed torch, numpy and python RNGs differently per rank (model init is then broadcast by DDP)."""
-    s = derive_seed(seed, "init", rank)
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
+    _seed_all(derive_seed(seed, "init", rank))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 @contextlib.contextmanager
@@ -70,9 +73,7 @@ def seeded_globals(seed: int) -> Iterator[None]:
     after it: draws made by code madkit does not control (a data source's transforms) become a
     function of ``seed``, and whoever uses the global generators next finds them untouched."""
     python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    _seed_all(seed)
     try:
         yield
     finally:

@@ -17,7 +17,7 @@ import attrs
 import torch
 
 from madkit.atomic_files import writing_atomically
-from madkit.generation import block_pixels, to_uint8_hwc
+from madkit.generation import block_pixels, num_blocks, to_uint8_hwc
 from madkit.interfaces import Codec, GenerationObserver, GenerativeModel
 
 MODES = ("blocks", "steps")
@@ -96,7 +96,7 @@ class TraceCollector:
         self.codec, self.mode = codec, check_mode(mode)
         self.device = next(model.parameters()).device  # where the codec was moved to, beside the model
         self.blocks = block_pixels(model, image_hw)  # [H, W]
-        self.num_blocks = int(self.blocks.max()) + 1
+        self.num_blocks = num_blocks(model)
         self._recorders: dict[tuple[int, ...], _BatchRecorder] = {}
 
     def observer_for(self, indices: list[int]) -> GenerationObserver:
