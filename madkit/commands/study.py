@@ -124,7 +124,7 @@ def run(args) -> int:
         print(f"trained {len(training['trained'])} run(s), skipped {len(training['skipped'])}, under {out / 'runs'}")
         return 0
     device = resolve_device(args.device)
-    evaluation = evaluate_runs(study, registry, device, log, force=args.force)
+    evaluation = evaluate_runs(study, registry, device, log, force=args.force, threads=args.threads)
     wall = {"total": time.perf_counter() - started, "train": training["seconds"], "evaluate": evaluation["seconds"],
             "train_cpu": training["cpu_seconds"], "evaluate_cpu": evaluation["cpu_seconds"],
             "trained": len(training["trained"]), "skipped": len(training["skipped"]), "device": str(device),

@@ -33,7 +33,7 @@ from madkit.engine.evaluation.evaluate import (
     with_proxy_data,
 )
 from madkit.engine.evaluation.caveats import describe_floor, measure_floor
-from madkit.engine.evaluation.records import COST_KEYS, EVAL_DIR
+from madkit.engine.evaluation.records import COST_KEYS, EVAL_DIR, read_eval_json
 from madkit.engine.evaluation.shard_parts import combine_parts, image_digest, read_part
 from madkit.errors import ConfigError, UserError
 from madkit.experiment_spec import structure_spec
@@ -228,7 +228,7 @@ class Evaluator:
         req = self.request
         sampler, sampler_kind, steps, table, name, settings = self._point(run, steps, name)
         out = run.run_dir / EVAL_DIR / f"{name}.json"
-        if not force and (old := self.existing_record(run, steps, name)) is not None:
+        if not force and (old := _matching_record(out, settings)) is not None:
             self.log(f"{out} is up to date (same settings); pass --force to evaluate again")
             return old
         extractor = self.extractor(run)
@@ -323,10 +323,7 @@ class Evaluator:
     def existing_record(self, run: LoadedRun, steps: int | None = None, name: str | None = None) -> dict | None:
         """The point's record when one was written with exactly these settings, else None (nothing is generated)."""
         *_, name, settings = self._point(run, steps, name)
-        out = run.run_dir / EVAL_DIR / f"{name}.json"
-        if out.is_file() and (old := json.loads(out.read_text())).get("settings") == settings:
-            return old
-        return None
+        return _matching_record(run.run_dir / EVAL_DIR / f"{name}.json", settings)
 
     def _check_statistics(self, reference: FeatureSet) -> None:
         needing = [m.name for m in self.metrics if m.needs_reference_features]
@@ -362,3 +359,9 @@ class Evaluator:
             "features": {role: torch.cat(values) for role, values in features.items()},
             "seconds": seconds,
         }
+
+
+def _matching_record(out: Path, settings: dict[str, Any]) -> dict | None:
+    """The record at ``out`` when it was written with exactly ``settings``, else None."""
+    old = read_eval_json(out) if out.is_file() else None
+    return old if isinstance(old, dict) and old.get("settings") == settings else None

@@ -42,10 +42,6 @@ class PlannedJob:
     def kind(self) -> str:
         return self.key.split("/")[0]
 
-    @property
-    def name(self) -> str:
-        return self.key.split("/", 1)[1]
-
 
 def train_key(run: PlannedRun) -> str:
     return f"train/{run.run_dir.name}"

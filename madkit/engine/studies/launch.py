@@ -56,18 +56,16 @@ class Launch:
         self.state.launcher = launcher
         self.submitted: list[Any] = []  # this invocation's submitit jobs (the local ones are our children)
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self, details: bool = True) -> list[dict[str, Any]]:
         for job in self.submitted:
             job.done()  # a local job: poll its process, so that a finished one is reaped
-        return status_rows(self.plan, self.state, self.folder, self.registry)
+        return status_rows(self.plan, self.state, self.folder, self.registry, details)
 
     def states(self) -> dict[str, str]:
         """Per job key: done when all its rows are, else failed, running or pending (in that order)."""
         by_key: dict[str, list[str]] = {}
-        rows = iter(self.rows())
-        for job in self.plan:
-            count = 1 if job.run is not None else len(job.runs) * len(job.steps)
-            by_key[job.key] = [next(rows)["state"] for _ in range(count)]
+        for row in self.rows(details=False):
+            by_key.setdefault(row["key"], []).append(row["state"])
         return {key: ("done" if all(s == "done" for s in states) else
                       next(s for s in ("failed", "running", "pending") if s in states)) for key, states in by_key.items()}
 

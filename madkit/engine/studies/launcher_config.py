@@ -89,10 +89,6 @@ class LauncherConfig:
     setup: list[str] = attrs.Factory(list)
     python: str | None = None
 
-    def tasks(self, gpus: int) -> int:
-        """Tasks per node: one per GPU (each a torch.distributed rank), or one CPU task."""
-        return max(1, gpus)
-
     @property
     def evaluation_gpus(self) -> int:
         return self.gpus_per_node if self.eval_gpus is None else self.eval_gpus

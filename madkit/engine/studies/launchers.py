@@ -18,7 +18,6 @@ from madkit.engine.studies.job_plan import PlannedJob
 from madkit.engine.studies.launcher_config import LauncherConfig
 from madkit.errors import ConfigError
 
-LAUNCHERS = ("inline", "local", "slurm")
 JOBS_DIR = "jobs"
 MAX_TIMEOUTS = 20  # requeues after hitting the time limit, per job (preemptions do not count)
 

@@ -250,14 +250,16 @@ def evaluated_steps(config: StudyConfig, matched: Sequence[int | None]) -> list[
 
 
 def evaluate_runs(study: Study, registry: Registry, device: Any, log: Callable[[str], None],
-                  force: bool = False) -> dict[str, Any]:
-    """Every run at the grid and at its budget-matched step counts; returns the points and the plan."""
+                  force: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Every run at the grid and at its budget-matched step counts; returns the points and the plan.
+    ``threads``: the command's --threads (None: the rule); applied again here, since training the runs
+    applied each run's own train.threads."""
     from madkit.engine.evaluation.points import Evaluator
     from madkit.engine.evaluation.sweep import run_sweep
     from madkit.threads import apply_threads
 
     config, started, cpu = study.config, time.perf_counter(), time.process_time()
-    log(f"evaluating with {apply_threads(0)}")  # the rule training uses (train.threads = 0), as it stands now
+    log(f"evaluating with {apply_threads(threads)}")
     evaluator = Evaluator(registry, eval_request(config), log=log)
     costs = setting_costs(study, registry)
     budgets, matches = budgets_and_matches(study, costs)

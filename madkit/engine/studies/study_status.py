@@ -25,20 +25,24 @@ def _last_step(run: PlannedRun) -> int | None:
     return records[-1].get("step") if records else None
 
 
-def find_record(run: PlannedRun, steps: int, evaluator, registry) -> dict[str, Any] | None:
-    """The run's eval record of its final checkpoint at ``steps``, written with exactly the settings
+def final_records(run: PlannedRun, steps: list[int], evaluator, registry, trained: int) -> dict[int, dict | None]:
+    """Per step count, the run's eval record of its final checkpoint written with exactly the settings
     the study's evaluation uses (``evaluator``: an evaluation.points.Evaluator of the study's request:
-    sampler, extractor, guidance, weights, metrics, reference, images and seed all count)."""
+    sampler, extractor, guidance, weights, metrics, reference, images and seed all count), or None.
+    ``trained``: the run's trained steps. The run is loaded once for all its step counts."""
     from madkit.engine.evaluation.points import load_run
-    from madkit.engine.studies.runner import trained_steps
 
-    if not (run.run_dir / "eval").is_dir() or trained_steps(run, registry) < run.loaded.spec.train.steps:
-        return None
+    if not (run.run_dir / "eval").is_dir() or trained < run.loaded.spec.train.steps:
+        return dict.fromkeys(steps)
     loaded = load_run(run.run_dir, registry, evaluator.request.use_ema, "cpu")
-    return evaluator.existing_record(loaded, steps)
+    return {s: evaluator.existing_record(loaded, s) for s in steps}
 
 
-def status_rows(plan: list[PlannedJob], state: StudyState, folder: Path, registry) -> list[dict[str, Any]]:
+def status_rows(plan: list[PlannedJob], state: StudyState, folder: Path, registry,
+                details: bool = True) -> list[dict[str, Any]]:
+    """One row per run and per point, each with its job's ``key``; ``details=False`` leaves out what
+    only the table shows (log paths, last steps), for callers that poll the states."""
+    from madkit.engine.evaluation.points import Evaluator
     from madkit.engine.studies.runner import trained_steps
 
     ids = {job.key: state.job_id(job.key) for job in plan}
@@ -55,28 +59,31 @@ def status_rows(plan: list[PlannedJob], state: StudyState, folder: Path, registr
 
     def log_of(key: str, state: str) -> str:
         """The job's stdout (madkit's progress), or its stderr when it failed (the traceback)."""
-        if not ids[key]:
+        if not ids[key] or not details:
             return "-"
         paths = job_paths(folder, ids[key])
         return str(paths.stderr if state == "failed" else paths.stdout)
 
-    from madkit.engine.evaluation.points import Evaluator
-
+    trained = {job.run.run_dir: trained_steps(job.run, registry) for job in plan if job.run is not None}
     rows, evaluators = [], {}
     for job in plan:
         if job.run is not None:
-            run, done = job.run, trained_steps(job.run, registry) >= job.run.loaded.spec.train.steps
-            state = "done" if done else job_state(job.key)
-            rows.append({"kind": "run", "name": run.run_dir.name, "state": state, "job": ids[job.key] or "-",
-                         "log": log_of(job.key, state), "step": _last_step(run), "fid": None})
+            run = job.run
+            state = "done" if trained[run.run_dir] >= run.loaded.spec.train.steps else job_state(job.key)
+            rows.append({"key": job.key, "kind": "run", "name": run.run_dir.name, "state": state,
+                         "job": ids[job.key] or "-", "log": log_of(job.key, state),
+                         "step": _last_step(run) if details else None, "fid": None})
             continue
+        request = job.function.request
+        if repr(request) not in evaluators:
+            evaluators[repr(request)] = Evaluator(registry, request)
         for run in job.runs:
-            for steps in job.steps:
-                request = job.function.request
-                evaluator = evaluators.setdefault(repr(request), Evaluator(registry, request))
-                record = find_record(run, steps, evaluator, registry)
+            done = trained.get(run.run_dir)
+            records = final_records(run, list(job.steps), evaluators[repr(request)], registry,
+                                    trained_steps(run, registry) if done is None else done)
+            for steps, record in records.items():
                 state = "done" if record else job_state(job.key)
-                rows.append({"kind": "point", "name": f"{run.run_dir.name}@{steps}", "state": state,
+                rows.append({"key": job.key, "kind": "point", "name": f"{run.run_dir.name}@{steps}", "state": state,
                              "job": ids[job.key] or "-", "log": log_of(job.key, state),
                              "step": record["checkpoint"]["step"] if record else None,
                              "fid": record["metric_values"].get("fid") if record else None})

@@ -40,6 +40,7 @@ class EMA:
         self.module.requires_grad_(False)
         self.updates = 0
         self._decay_now = self.decay
+        self._count = sum(1 for _ in self.module.parameters())
 
     def decay_at(self, updates: int) -> float:
         """The decay used for update number ``updates`` (1-based)."""
@@ -55,17 +56,15 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> float:
         """Move the average towards ``model`` (the unwrapped one); returns the decay used."""
-        n_ema, n_live = sum(1 for _ in self.module.parameters()), sum(1 for _ in model.parameters())
-        if n_ema != n_live:
+        n_live = sum(1 for _ in model.parameters())
+        if n_live != self._count:
             raise ValueError(
-                f"EMA holds {n_ema} parameters but the model has {n_live}; "
+                f"EMA holds {self._count} parameters but the model has {n_live}; "
                 "the EMA must be made from the model it tracks"
             )
         self.updates += 1
         self._decay_now = self.decay_at(self.updates)
-        self._averaged.update_parameters(model)
-        for ema_buf, buf in zip(self.module.buffers(), model.buffers()):
-            ema_buf.copy_(buf)
+        self._averaged.update_parameters(model)  # which also copies the buffers (use_buffers=False)
         return self._decay_now
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -18,7 +18,6 @@ value on the meta device) is built whole as before, with a note saying so.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,9 @@ from madkit.engine import checkpoints
 from madkit.engine.distributed import materialise as slices
 from madkit.engine.distributed.deferred_init import DeferredInitError, InitProgram
 from madkit.engine.training.init_from import initialize_from
+from madkit.logs import get_logger
+
+logger = get_logger(__name__)
 
 
 def build(spec, registry, device: torch.device, is_main: bool) -> tuple[Experiment, InitProgram | None]:
@@ -42,7 +44,7 @@ def build(spec, registry, device: torch.device, is_main: bool) -> tuple[Experime
         if not isinstance(cause, DeferredInitError):
             raise
         if is_main:
-            print(f"note: building the whole model on every rank before sharding ({cause})", file=sys.stderr)
+            logger.warning(f"note: building the whole model on every rank before sharding ({cause})")
         return build_experiment(spec, registry, device=str(device)), None
 
 
