@@ -42,16 +42,18 @@ class NoiseSchedule(ABC):
         """Per-sample loss weights, or None for uniform."""
         return None
 
-    def denoised(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The clean-sample estimate x0 implied by a model output at x_t (what a trace shows per step).
+    def path_coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(a, b, c, d) at ``t`` with x_t = a x0 + b noise and target = c x0 + d noise, shaped and typed
+        like ``like``: read off ``add_noise`` and ``target`` with unit inputs, so they hold for any
+        schedule whose path is affine and whose target is linear."""
+        one, zero = torch.ones_like(like), torch.zeros_like(like)
+        return self.add_noise(one, zero, t), self.add_noise(zero, one, t), self.target(one, zero, t), self.target(zero, one, t)
 
-        Every schedule here is linear in (x0, noise): x_t = a x0 + b noise and target = c x0 + d noise,
-        so the coefficients are read off ``add_noise`` and ``target`` with unit inputs and the 2x2
-        system is solved; a schedule that is not linear overrides this."""
-        one, zero = torch.ones(1, device=x_t.device), torch.zeros(1, device=x_t.device)
+    def denoised(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean-sample estimate x0 implied by a model output at x_t (what a trace shows per step):
+        the 2x2 system of ``path_coefficients`` solved; a schedule that is not linear overrides this."""
         t = torch.as_tensor(t, device=x_t.device).reshape(1)
-        a, b = self.add_noise(one, zero, t), self.add_noise(zero, one, t)
-        c, d = self.target(one, zero, t), self.target(zero, one, t)
+        a, b, c, d = self.path_coefficients(t, torch.ones(1, device=x_t.device))
         return ((d * x_t.float() - b * model_output.float()) / (a * d - b * c)).to(x_t.dtype)
 
     @abstractmethod

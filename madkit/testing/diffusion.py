@@ -51,16 +51,10 @@ _PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[Heal
 def path_coefficients(schedule: NoiseSchedule, t: torch.Tensor, like: torch.Tensor) -> dict[str, torch.Tensor]:
     """alpha, sigma (x_t = alpha x0 + sigma noise) and the target's weights c_x0, c_noise at ``t``.
 
-    Read off the schedule's own ``add_noise`` and ``target`` by feeding unit inputs, so they hold
-    for any schedule whose path is affine and whose target is linear. Shaped like ``like`` (float64).
+    The schedule's own ``NoiseSchedule.path_coefficients``, shaped like ``like``, in float64.
     """
-    one, zero = torch.ones_like(like, dtype=torch.float64), torch.zeros_like(like, dtype=torch.float64)
-    return {
-        "alpha": schedule.add_noise(one, zero, t),
-        "sigma": schedule.add_noise(zero, one, t),
-        "c_x0": schedule.target(one, zero, t),
-        "c_noise": schedule.target(zero, one, t),
-    }
+    a, b, c, d = schedule.path_coefficients(t, torch.zeros_like(like, dtype=torch.float64))
+    return {"alpha": a, "sigma": b, "c_x0": c, "c_noise": d}
 
 
 def exact_gaussian_denoiser(schedule: NoiseSchedule, mean: torch.Tensor, std: torch.Tensor) -> Denoiser:
